@@ -1,0 +1,286 @@
+//! The in-process bus: one node, no Redis.
+//!
+//! One sequencer task takes every publish in arrival order, in batches. For
+//! each batch it mints ids (per room, strictly ascending: `protocol::id`),
+//! writes the stored messages to the history store in one durable append,
+//! then hands the batch to the sink and answers the publishers. So a message
+//! is delivered and acknowledged only after it is durable, and every room's
+//! deliveries are in id order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use storage::HistoryStore;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::{Bus, BusError, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
+
+/// Publishes the sequencer folds into one store append.
+const MAX_BATCH: usize = 1024;
+/// Rooms whose last id the sequencer remembers before it starts over (it
+/// reads a forgotten room's last id back from the store).
+const MAX_CACHED_ROOMS: usize = 100_000;
+
+type Reply = oneshot::Sender<Result<Published, BusError>>;
+
+pub struct InProcessBus {
+    store: Arc<dyn HistoryStore>,
+    sink: Arc<dyn Sink>,
+    tx: Mutex<Option<mpsc::Sender<(NewMessage, Reply)>>>,
+    sequencer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl InProcessBus {
+    pub fn new(store: Arc<dyn HistoryStore>, sink: Arc<dyn Sink>) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 8);
+        let seq = Sequencer {
+            store: store.clone(),
+            sink: sink.clone(),
+            last: HashMap::new(),
+        };
+        let handle = tokio::spawn(seq.run(rx));
+        InProcessBus {
+            store,
+            sink,
+            tx: Mutex::new(Some(tx)),
+            sequencer: Mutex::new(Some(handle)),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Sequencer {
+    store: Arc<dyn HistoryStore>,
+    sink: Arc<dyn Sink>,
+    last: HashMap<Arc<str>, u64>,
+}
+
+impl Sequencer {
+    async fn run(mut self, mut rx: mpsc::Receiver<(NewMessage, Reply)>) {
+        let m = crate::metrics::get();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let started = Instant::now();
+            m.batch_messages.record(batch.len() as f64);
+            self.process(std::mem::take(&mut batch)).await;
+            m.sequence_seconds.record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    async fn last_id(&mut self, room: &Arc<str>) -> Result<u64, BusError> {
+        if let Some(&id) = self.last.get(room) {
+            return Ok(id);
+        }
+        if self.last.len() >= MAX_CACHED_ROOMS {
+            self.last.clear();
+        }
+        let id = self.store.last_id(room).await?.unwrap_or(0);
+        self.last.insert(room.clone(), id);
+        Ok(id)
+    }
+
+    async fn process(&mut self, batch: Vec<(NewMessage, Reply)>) {
+        let m = crate::metrics::get();
+        let now = now_ms();
+        let mut minted = Vec::with_capacity(batch.len());
+        for (msg, reply) in batch {
+            match self.last_id(&msg.room).await {
+                Ok(last) => {
+                    let id = protocol::id::next_after(last, now);
+                    self.last.insert(msg.room.clone(), id);
+                    let stored = StoredMessage {
+                        room: msg.room.to_string(),
+                        id,
+                        from: msg.from.to_string(),
+                        ts: now,
+                        body: msg.body,
+                    };
+                    minted.push((Arc::new(stored), msg.ephemeral, reply));
+                }
+                Err(e) => {
+                    m.publish_failures.increment(1);
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        let durable: Vec<StoredMessage> = minted
+            .iter()
+            .filter(|(_, eph, _)| !eph)
+            .map(|(s, _, _)| (**s).clone())
+            .collect();
+        if let Err(e) = self.store.append(durable).await {
+            // Not durable: nobody gets it and nobody is told it was sent.
+            tracing::error!(error = %e, "history append failed; publishes refused");
+            m.publish_failures.increment(minted.len() as u64);
+            for (_, _, reply) in minted {
+                let _ = reply.send(Err(BusError::Unavailable(e.to_string())));
+            }
+            return;
+        }
+        m.published.increment(minted.len() as u64);
+        let mut deliveries = Vec::with_capacity(minted.len());
+        let mut replies = Vec::with_capacity(minted.len());
+        for (msg, ephemeral, reply) in minted {
+            replies.push((reply, Published { id: msg.id, ts: msg.ts }));
+            deliveries.push(Delivery::Message { msg, ephemeral });
+        }
+        self.sink.deliver(deliveries);
+        for (reply, published) in replies {
+            let _ = reply.send(Ok(published));
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, msg: NewMessage) -> Result<Published, BusError> {
+        let tx = self.tx.lock().clone().ok_or(BusError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send((msg, reply)).await.map_err(|_| BusError::Closed)?;
+        rx.await.map_err(|_| BusError::Closed)?
+    }
+
+    async fn publish_event(
+        &self,
+        room: Arc<str>,
+        kind: EventKind,
+        user: Arc<str>,
+        origin: Option<u64>,
+    ) -> Result<(), BusError> {
+        self.sink.deliver(vec![Delivery::Event {
+            room,
+            kind,
+            user,
+            origin,
+        }]);
+        Ok(())
+    }
+
+    async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
+        let mut messages = self
+            .store
+            .page(room, Page::After(since), limit.saturating_add(1))
+            .await?;
+        let complete = messages.len() <= limit;
+        messages.truncate(limit);
+        Ok(Replay { messages, complete })
+    }
+
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
+        Ok(self.store.page(room, page, limit).await?)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.tx.lock().is_some()
+    }
+
+    async fn close(&self) {
+        drop(self.tx.lock().take());
+        let handle = self.sequencer.lock().take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::EmbeddedStore;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Delivery>>);
+    impl Sink for Collect {
+        fn deliver(&self, batch: Vec<Delivery>) {
+            self.0.lock().extend(batch);
+        }
+    }
+
+    fn msg(room: &str, body: &str, ephemeral: bool) -> NewMessage {
+        NewMessage {
+            room: room.into(),
+            from: "u1".into(),
+            body: body.into(),
+            ephemeral,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_publishes_get_ascending_ids_in_delivery_order_and_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn HistoryStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let sink = Arc::new(Collect::default());
+        let bus = Arc::new(InProcessBus::new(store.clone(), sink.clone()));
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let bus = bus.clone();
+                tokio::spawn(async move {
+                    bus.publish(msg(if i % 2 == 0 { "a" } else { "b" }, &i.to_string(), i % 10 == 0))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let delivered = sink.0.lock().clone();
+        assert_eq!(delivered.len(), 200);
+        for room in ["a", "b"] {
+            let ids: Vec<u64> = delivered
+                .iter()
+                .filter_map(|d| match d {
+                    Delivery::Message { msg, .. } if &*msg.room == room => Some(msg.id),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "room {room} delivered out of order"
+            );
+        }
+        // Ephemeral messages (every tenth) are not stored.
+        let stored = store.page("a", Page::Newest, 500).await.unwrap().len()
+            + store.page("b", Page::Newest, 500).await.unwrap().len();
+        assert_eq!(stored, 180);
+        bus.close().await;
+        assert!(matches!(bus.publish(msg("a", "1", false)).await, Err(BusError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn ids_continue_above_the_stored_ones_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn HistoryStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        // A stored id from the future: the bus must not mint below it.
+        let future_id = protocol::id::pack(now_ms() + 60_000, 5);
+        store
+            .append(vec![StoredMessage {
+                room: "r".into(),
+                id: future_id,
+                from: "x".into(),
+                ts: 0,
+                body: "1".into(),
+            }])
+            .await
+            .unwrap();
+        let bus = InProcessBus::new(store.clone(), Arc::new(Collect::default()));
+        let p = bus.publish(msg("r", "2", false)).await.unwrap();
+        assert_eq!(p.id, future_id + 1);
+
+        let replay = bus.replay("r", 0, 1).await.unwrap();
+        assert!(!replay.complete);
+        let replay = bus.replay("r", future_id, 10).await.unwrap();
+        assert!(replay.complete);
+        assert_eq!(replay.messages.iter().map(|m| m.id).collect::<Vec<_>>(), vec![p.id]);
+    }
+}

@@ -1,0 +1,144 @@
+//! The bus: how a message sent on one node reaches every node with members
+//! of its room, in one order, after it is durable.
+//!
+//! - [`Bus`] is the seam the gateway talks to: publish, ephemeral events,
+//!   replay for `join` with `since`, history, and room interest.
+//! - [`Sink`] is how a bus hands entries back to the node for local
+//!   delivery, in each room's order.
+//! - [`inprocess::InProcessBus`] serves one node with no external services:
+//!   it mints ids per room, commits to the history store, then delivers.
+//!
+//! The dispatcher knows nothing of WebSockets: it moves [`Delivery`]s.
+
+pub mod inprocess;
+mod metrics;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+pub use storage::{Page, StoredMessage};
+
+/// A message a client (or the server API) publishes.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: Arc<str>,
+    pub from: Arc<str>,
+    /// JSON text.
+    pub body: String,
+    /// Delivered live, never stored.
+    pub ephemeral: bool,
+}
+
+/// The bus's answer once a message is durable (or, ephemeral, ordered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub id: u64,
+    pub ts: u64,
+}
+
+/// Room events that are delivered and never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Joined,
+    Left,
+    Typing,
+}
+
+impl EventKind {
+    pub fn op(self) -> &'static str {
+        match self {
+            EventKind::Joined => "joined",
+            EventKind::Left => "left",
+            EventKind::Typing => "typing",
+        }
+    }
+}
+
+/// One entry handed to the node for its local members of a room.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Message {
+        msg: Arc<StoredMessage>,
+        ephemeral: bool,
+    },
+    Event {
+        room: Arc<str>,
+        kind: EventKind,
+        user: Arc<str>,
+        /// An opaque tag of the connection that caused it, which does not
+        /// get it back (a client's own `typing`).
+        origin: Option<u64>,
+    },
+}
+
+impl Delivery {
+    pub fn room(&self) -> &str {
+        match self {
+            Delivery::Message { msg, .. } => &msg.room,
+            Delivery::Event { room, .. } => room,
+        }
+    }
+}
+
+/// The node side of a bus. `deliver` is called with entries in each room's
+/// order, never concurrently for one room, and must not block.
+pub trait Sink: Send + Sync + 'static {
+    fn deliver(&self, batch: Vec<Delivery>);
+}
+
+/// What `join` with `since` can replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// Every stored message after `since`, ascending, when `complete`.
+    pub messages: Vec<StoredMessage>,
+    /// False when the gap is larger than the recovery limit.
+    pub complete: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("the bus is shutting down")]
+    Closed,
+}
+
+impl From<storage::StorageError> for BusError {
+    fn from(e: storage::StorageError) -> Self {
+        BusError::Unavailable(e.to_string())
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Orders the message in its room, makes it durable (unless ephemeral),
+    /// hands it to every node's sink, and returns its id.
+    async fn publish(&self, msg: NewMessage) -> Result<Published, BusError>;
+
+    /// Delivers an ephemeral room event to every node.
+    async fn publish_event(
+        &self,
+        room: Arc<str>,
+        kind: EventKind,
+        user: Arc<str>,
+        origin: Option<u64>,
+    ) -> Result<(), BusError>;
+
+    /// The stored messages after `since`, if there are at most `limit`.
+    async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError>;
+
+    /// A page of history including every acknowledged message.
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError>;
+
+    /// This node has its first local member of `room`: start receiving it.
+    fn watch(&self, _room: &str) {}
+
+    /// This node's last local member of `room` left.
+    fn unwatch(&self, _room: &str) {}
+
+    /// Whether publishes can succeed now (for `/readyz`).
+    fn is_ready(&self) -> bool;
+
+    /// Stops taking publishes and finishes the ones in flight.
+    async fn close(&self);
+}

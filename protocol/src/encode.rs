@@ -1,0 +1,217 @@
+//! Writing replies and events as JSON text.
+//!
+//! Hand-assembled rather than built through a DOM: these are on the hot
+//! path (one `msg` event per message per node), and their shapes are fixed
+//! by PROTOCOL.md. Strings go through serde_json's escaper.
+
+use crate::ErrorCode;
+
+/// A JSON object under construction: `Obj::new("ok").id(id).str("room", r).finish()`.
+pub struct Obj {
+    buf: Vec<u8>,
+}
+
+impl Obj {
+    /// Starts `{"op":"<op>"`.
+    pub fn new(op: &str) -> Self {
+        Self::with_capacity(op, 64)
+    }
+
+    pub fn with_capacity(op: &str, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(b"{\"op\":");
+        push_str(&mut buf, op);
+        Obj { buf }
+    }
+
+    fn key(&mut self, key: &str) {
+        self.buf.push(b',');
+        push_str(&mut self.buf, key);
+        self.buf.push(b':');
+    }
+
+    /// `"id":<n>` when the request carried one.
+    pub fn id(mut self, id: Option<i64>) -> Self {
+        if let Some(id) = id {
+            self.key("id");
+            self.buf.extend_from_slice(id.to_string().as_bytes());
+        }
+        self
+    }
+
+    pub fn str(mut self, key: &str, value: &str) -> Self {
+        self.key(key);
+        push_str(&mut self.buf, value);
+        self
+    }
+
+    /// A message id as a decimal string (JavaScript loses precision past 2^53).
+    pub fn msg_id(mut self, key: &str, id: u64) -> Self {
+        self.key(key);
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(id.to_string().as_bytes());
+        self.buf.push(b'"');
+        self
+    }
+
+    pub fn num(mut self, key: &str, value: u64) -> Self {
+        self.key(key);
+        self.buf.extend_from_slice(value.to_string().as_bytes());
+        self
+    }
+
+    pub fn bool(mut self, key: &str, value: bool) -> Self {
+        self.key(key);
+        self.buf.extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
+    /// Already-encoded JSON, inserted as it is.
+    pub fn raw(mut self, key: &str, json: &[u8]) -> Self {
+        self.key(key);
+        self.buf.extend_from_slice(json);
+        self
+    }
+
+    pub fn str_array<'a>(mut self, key: &str, items: impl IntoIterator<Item = &'a str>) -> Self {
+        self.key(key);
+        self.buf.push(b'[');
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            push_str(&mut self.buf, item);
+        }
+        self.buf.push(b']');
+        self
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.push(b'}');
+        self.buf
+    }
+}
+
+fn push_str(buf: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *buf, s).expect("writing to a Vec cannot fail");
+}
+
+/// A stored or live chat message, as the `msg` event carries it.
+#[derive(Debug, Clone, Copy)]
+pub struct MsgView<'a> {
+    pub room: &'a str,
+    pub id: u64,
+    pub from: &'a str,
+    pub ts: u64,
+    pub body: &'a str,
+}
+
+/// `{"op":"msg","room":..,"msg":"<id>","from":..,"ts":..,"body":..}`
+pub fn msg_event(m: MsgView<'_>) -> Vec<u8> {
+    msg_obj(
+        Obj::with_capacity("msg", 80 + m.room.len() + m.from.len() + m.body.len()),
+        m,
+    )
+    .finish()
+}
+
+fn msg_obj(o: Obj, m: MsgView<'_>) -> Obj {
+    o.str("room", m.room)
+        .msg_id("msg", m.id)
+        .str("from", m.from)
+        .num("ts", m.ts)
+        .raw("body", m.body.as_bytes())
+}
+
+/// `{"op":"history","id":..,"room":..,"messages":[<msg>...]}`
+pub fn history_reply<'a>(id: Option<i64>, room: &str, messages: impl IntoIterator<Item = MsgView<'a>>) -> Vec<u8> {
+    let mut o = Obj::with_capacity("history", 256).id(id).str("room", room);
+    o.key("messages");
+    o.buf.push(b'[');
+    for (i, m) in messages.into_iter().enumerate() {
+        if i > 0 {
+            o.buf.push(b',');
+        }
+        o.buf.extend_from_slice(&msg_event(m));
+    }
+    o.buf.push(b']');
+    o.finish()
+}
+
+/// `{"op":"error","id":..,"code":..,"message":..}`
+pub fn error_reply(id: Option<i64>, code: ErrorCode, message: &str) -> Vec<u8> {
+    Obj::new("error")
+        .id(id)
+        .str("code", code.as_str())
+        .str("message", message)
+        .finish()
+}
+
+/// `{"op":"joined"|"left"|"typing","room":..,"user":..}`
+pub fn room_user_event(op: &str, room: &str, user: &str) -> Vec<u8> {
+    Obj::new(op).str("room", room).str("user", user).finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(v: Vec<u8>) -> serde_json::Value {
+        serde_json::from_slice(&v).unwrap()
+    }
+
+    #[test]
+    fn msg_event_shape() {
+        let v = json(msg_event(MsgView {
+            room: "r1",
+            id: u64::MAX,
+            from: "u\"1",
+            ts: 5,
+            body: r#"{"a":[1]}"#,
+        }));
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"msg","room":"r1","msg":"18446744073709551615","from":"u\"1","ts":5,"body":{"a":[1]}})
+        );
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            json(
+                Obj::new("ok")
+                    .id(Some(-3))
+                    .str("room", "r")
+                    .bool("recovered", false)
+                    .finish()
+            ),
+            serde_json::json!({"op":"ok","id":-3,"room":"r","recovered":false})
+        );
+        assert_eq!(
+            json(Obj::new("pong").id(None).finish()),
+            serde_json::json!({"op":"pong"})
+        );
+        assert_eq!(
+            json(error_reply(Some(1), ErrorCode::TooLarge, "big")),
+            serde_json::json!({"op":"error","id":1,"code":"too_large","message":"big"})
+        );
+        let m = MsgView {
+            room: "r",
+            id: 1,
+            from: "u",
+            ts: 2,
+            body: "null",
+        };
+        let h = json(history_reply(Some(4), "r", [m, MsgView { id: 2, ..m }]));
+        assert_eq!(h["messages"].as_array().unwrap().len(), 2);
+        assert_eq!(h["messages"][1]["msg"], "2");
+        assert_eq!(
+            json(history_reply(None, "r", [])),
+            serde_json::json!({"op":"history","room":"r","messages":[]})
+        );
+        assert_eq!(
+            json(Obj::new("presence").str_array("users", ["a", "b"]).finish()),
+            serde_json::json!({"op":"presence","users":["a","b"]})
+        );
+    }
+}
