@@ -1,0 +1,480 @@
+//! Node configuration: every setting is a `--flag`, a `GATEWAY_*`
+//! environment variable, and a key of the optional TOML file
+//! (`--config`), in that order of precedence. [`Config::load`] parses and
+//! [`Config::validate`] checks everything once, naming the bad setting; the
+//! binary exits 64 on either error.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// From clap; `help` for `--help`/`--version`, which are not errors.
+    #[error("{message}")]
+    Cli { message: String, help: bool },
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("{setting}: {message}")]
+    Invalid { setting: &'static str, message: String },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A gateway node's settings. Defaults run one node on loopback with the
+/// embedded store and anonymous guests.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version, about = "WebSocket chat gateway node")]
+pub struct Config {
+    /// TOML file with any of these settings; keys are the flag names
+    /// (`listen = "0.0.0.0:8080"`, `ping_interval = "25s"`).
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// This node's id, unique in the cluster (presence, logs, replies).
+    #[arg(long, env = "GATEWAY_NODE_ID", default_value = "gw-0")]
+    pub node_id: String,
+
+    /// Directory of the embedded history store. Never share it between nodes.
+    #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// HS256 secret for client JWTs.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// RS256/ES256 public key for client JWTs: PEM text or a path to a PEM file.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+
+    /// Pin the JWT algorithm (HS256, HS384, HS512, RS256, RS384, RS512,
+    /// PS256, ES256, ES384). Default: HS256 with a secret, RS256 or ES256 by key type.
+    #[arg(long, env = "GATEWAY_JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Serve anonymous guests (`guest-<random>`). Default: on when no JWT key
+    /// is configured and the listener is on loopback, else off.
+    #[arg(long, env = "GATEWAY_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::Set)]
+    pub allow_anonymous: Option<bool>,
+
+    /// Bearer key for the server API (`/api/...`). Unset: the API answers 401.
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Room patterns a user may join when the token has no `rooms` claim
+    /// (comma-separated; `*`, exact names, or prefixes ending in `*`).
+    #[arg(long, env = "GATEWAY_DEFAULT_ROOMS", default_value = "*", value_delimiter = ',')]
+    pub default_rooms: Vec<String>,
+
+    /// Connection shards in this node; 0 means one per CPU core (at most 64).
+    #[arg(long, env = "GATEWAY_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+
+    /// Largest WebSocket frame or reassembled message; bigger closes with 1009.
+    #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub max_frame_bytes: usize,
+
+    /// Largest message `body` (as JSON text); bigger gets `too_large`.
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 32768)]
+    pub max_body_bytes: usize,
+
+    /// Time a client has to authenticate after the upgrade (else 4001).
+    #[arg(long, env = "GATEWAY_AUTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Server ping period; a client silent for two periods is dropped.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Frames queued for one connection before it counts as a slow
+    /// consumer and is closed with 4008.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Most missed messages `join` with `since` replays; a larger gap
+    /// answers `recovered: false`.
+    #[arg(long, env = "GATEWAY_RECOVERY_LIMIT", default_value_t = 1000)]
+    pub recovery_limit: usize,
+
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "GATEWAY_MAX_ROOMS_PER_CONNECTION", default_value_t = 256)]
+    pub max_rooms_per_connection: usize,
+
+    /// Sustained `send`/`typing` rate per connection, per second.
+    #[arg(long, env = "GATEWAY_SEND_RATE", default_value_t = 50.0)]
+    pub send_rate: f64,
+
+    /// Burst of `send`/`typing` allowed above the sustained rate.
+    #[arg(long, env = "GATEWAY_SEND_BURST", default_value_t = 100)]
+    pub send_burst: u32,
+
+    /// A client that keeps exceeding the rate this long is closed with 4029.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rate_limit_grace: Duration,
+
+    /// Malformed or invalid frames tolerated per minute before closing with 1008.
+    #[arg(long, env = "GATEWAY_MAX_BAD_FRAMES", default_value_t = 20)]
+    pub max_bad_frames: u32,
+
+    /// Time allowed to drain on SIGTERM/SIGINT before exiting anyway.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing-subscriber syntax); RUST_LOG wins when set.
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Validate the configuration, print it, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// How client tokens are checked, derived from the JWT settings.
+#[derive(Clone)]
+pub struct JwtSettings {
+    pub key: DecodingKey,
+    pub algorithm: Algorithm,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+impl std::fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSettings")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated configuration: what `run` takes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub jwt: Option<JwtSettings>,
+    /// Anonymous guests allowed (resolved from `allow_anonymous` and the listener).
+    pub anonymous: bool,
+    pub shards: usize,
+}
+
+impl Config {
+    /// Parses flags and environment, then fills what they leave unset from
+    /// the `--config` file.
+    pub fn load<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = Config::command().try_get_matches_from(&args).map_err(cli_error)?;
+        let file = first.get_one::<PathBuf>("config").cloned();
+        let mut cmd = Config::command();
+        if let Some(path) = file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+            let known: Vec<String> = cmd.get_arguments().map(|a| a.get_id().to_string()).collect();
+            for (key, value) in table {
+                let id = key.replace('-', "_");
+                if !known.contains(&id) || id == "config" || id == "check_config" {
+                    return Err(ConfigError::File {
+                        path: shown,
+                        message: format!("unknown setting {key:?}"),
+                    });
+                }
+                let text = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Array(items) => items
+                        .into_iter()
+                        .map(|v| match v {
+                            toml::Value::String(s) => s,
+                            other => other.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                // The file's value becomes the default: flags and env still win.
+                cmd = cmd.mut_arg(id, |a| a.default_value(text));
+            }
+        }
+        let matches = cmd.try_get_matches_from(&args).map_err(cli_error)?;
+        Config::from_arg_matches(&matches).map_err(cli_error)
+    }
+
+    /// Checks every setting and derives what `run` needs.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let c = &self;
+        if c.node_id.is_empty()
+            || c.node_id.len() > 64
+            || !c
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "node_id",
+                format!("{:?} must be 1 to 64 characters of [A-Za-z0-9_.-]", c.node_id),
+            ));
+        }
+        if !(1024..=16 << 20).contains(&c.max_frame_bytes) {
+            return Err(invalid("max_frame_bytes", "must be from 1024 to 16777216"));
+        }
+        if c.max_body_bytes == 0 || c.max_body_bytes > c.max_frame_bytes {
+            return Err(invalid("max_body_bytes", "must be from 1 to max_frame_bytes"));
+        }
+        if c.shards > 64 {
+            return Err(invalid("shards", "at most 64 (0 means one per core)"));
+        }
+        if c.ping_interval < Duration::from_millis(100) {
+            return Err(invalid("ping_interval", "must be at least 100ms"));
+        }
+        if c.auth_timeout.is_zero() {
+            return Err(invalid("auth_timeout", "must be more than 0"));
+        }
+        if c.outbound_queue < 16 {
+            return Err(invalid("outbound_queue", "must be at least 16"));
+        }
+        if c.recovery_limit == 0 {
+            return Err(invalid("recovery_limit", "must be at least 1"));
+        }
+        if c.max_rooms_per_connection == 0 {
+            return Err(invalid("max_rooms_per_connection", "must be at least 1"));
+        }
+        if !(c.send_rate.is_finite() && c.send_rate > 0.0) || c.send_burst == 0 {
+            return Err(invalid("send_rate", "send_rate and send_burst must be more than 0"));
+        }
+        if c.default_rooms.iter().any(|p| p.is_empty()) {
+            return Err(invalid("default_rooms", "empty pattern"));
+        }
+        let jwt = self.jwt_settings()?;
+        let anonymous = match c.allow_anonymous {
+            Some(a) => a,
+            None => jwt.is_none() && c.listen.ip().is_loopback(),
+        };
+        if jwt.is_none() && !anonymous {
+            let why = if c.listen.ip().is_loopback() {
+                "anonymous access is off and no JWT key is configured, so no client could authenticate".to_string()
+            } else {
+                format!(
+                    "refusing to serve {} without authentication: set GATEWAY_JWT_SECRET or GATEWAY_JWT_PUBLIC_KEY \
+                     (or GATEWAY_ALLOW_ANONYMOUS=true to serve guests on purpose)",
+                    c.listen
+                )
+            };
+            return Err(invalid("jwt_secret", why));
+        }
+        let shards = if c.shards == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(64)
+        } else {
+            c.shards
+        };
+        Ok(Settings {
+            config: self,
+            jwt,
+            anonymous,
+            shards,
+        })
+    }
+
+    fn jwt_settings(&self) -> Result<Option<JwtSettings>, ConfigError> {
+        let pinned = match &self.jwt_algorithm {
+            None => None,
+            Some(name) => Some(
+                name.parse::<Algorithm>()
+                    .map_err(|_| invalid("jwt_algorithm", format!("unknown algorithm {name:?}")))?,
+            ),
+        };
+        let (key, algorithm) = match (&self.jwt_secret, &self.jwt_public_key) {
+            (None, None) => {
+                if pinned.is_some() {
+                    return Err(invalid(
+                        "jwt_algorithm",
+                        "set without GATEWAY_JWT_SECRET or GATEWAY_JWT_PUBLIC_KEY",
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "jwt_secret",
+                    "set either jwt_secret or jwt_public_key, not both",
+                ));
+            }
+            (Some(secret), None) => {
+                if secret.len() < 16 {
+                    return Err(invalid("jwt_secret", "must be at least 16 bytes"));
+                }
+                let alg = pinned.unwrap_or(Algorithm::HS256);
+                if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                    return Err(invalid(
+                        "jwt_algorithm",
+                        format!("{alg:?} needs jwt_public_key, not a secret"),
+                    ));
+                }
+                (DecodingKey::from_secret(secret.as_bytes()), alg)
+            }
+            (None, Some(pem_or_path)) => {
+                let pem = if pem_or_path.trim_start().starts_with("-----BEGIN") {
+                    pem_or_path.clone().into_bytes()
+                } else {
+                    std::fs::read(pem_or_path)
+                        .map_err(|e| invalid("jwt_public_key", format!("reading {pem_or_path}: {e}")))?
+                };
+                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    let alg = pinned.unwrap_or(Algorithm::RS256);
+                    if !matches!(
+                        alg,
+                        Algorithm::RS256
+                            | Algorithm::RS384
+                            | Algorithm::RS512
+                            | Algorithm::PS256
+                            | Algorithm::PS384
+                            | Algorithm::PS512
+                    ) {
+                        return Err(invalid("jwt_algorithm", format!("{alg:?} does not fit an RSA key")));
+                    }
+                    (key, alg)
+                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                    let alg = pinned.unwrap_or(Algorithm::ES256);
+                    if !matches!(alg, Algorithm::ES256 | Algorithm::ES384) {
+                        return Err(invalid("jwt_algorithm", format!("{alg:?} does not fit an EC key")));
+                    }
+                    (key, alg)
+                } else {
+                    return Err(invalid("jwt_public_key", "not an RSA or EC public key in PEM"));
+                }
+            }
+        };
+        Ok(Some(JwtSettings {
+            key,
+            algorithm,
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+        }))
+    }
+}
+
+fn cli_error(e: clap::Error) -> ConfigError {
+    use clap::error::ErrorKind;
+    let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    ConfigError::Cli {
+        message: e.render().to_string(),
+        help,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        Config::load(all)?.validate()
+    }
+
+    #[test]
+    fn defaults_serve_guests_on_loopback() {
+        let s = load(&[]).unwrap();
+        assert!(s.anonymous);
+        assert!(s.jwt.is_none());
+        assert_eq!(s.config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.config.ping_interval, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn refuses_a_public_address_without_auth() {
+        let err = load(&["--listen", "0.0.0.0:9000"]).unwrap_err().to_string();
+        assert!(err.contains("without authentication"), "{err}");
+        assert!(load(&["--listen", "0.0.0.0:9000", "--jwt-secret", "0123456789abcdef"]).is_ok());
+        assert!(
+            load(&["--listen", "0.0.0.0:9000", "--allow-anonymous"])
+                .unwrap()
+                .anonymous
+        );
+    }
+
+    #[test]
+    fn names_the_bad_setting() {
+        for (args, setting) in [
+            (vec!["--max-body-bytes", "100000"], "max_body_bytes"),
+            (vec!["--node-id", "has space"], "node_id"),
+            (vec!["--jwt-secret", "short"], "jwt_secret"),
+            (
+                vec!["--jwt-algorithm", "RS256", "--jwt-secret", "0123456789abcdef"],
+                "jwt_algorithm",
+            ),
+            (vec!["--jwt-public-key", "/nonexistent.pem"], "jwt_public_key"),
+            (vec!["--allow-anonymous=false"], "jwt_secret"),
+        ] {
+            let err = load(&args).unwrap_err().to_string();
+            assert!(err.starts_with(setting), "{args:?}: {err}");
+        }
+        assert!(matches!(
+            load(&["--ping-interval", "soon"]),
+            Err(ConfigError::Cli { help: false, .. })
+        ));
+    }
+
+    #[test]
+    fn file_values_are_defaults_under_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"gw-7\"\nping-interval = \"3s\"\ndefault_rooms = [\"a\", \"b:*\"]\nshards = 2\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = load(&["--config", p, "--shards", "3"]).unwrap();
+        assert_eq!(s.config.node_id, "gw-7");
+        assert_eq!(s.config.ping_interval, Duration::from_secs(3));
+        assert_eq!(s.config.default_rooms, vec!["a", "b:*"]);
+        assert_eq!(s.shards, 3);
+
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let err = load(&["--config", p]).unwrap_err().to_string();
+        assert!(err.contains("unknown setting"), "{err}");
+    }
+}

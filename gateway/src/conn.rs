@@ -1,0 +1,767 @@
+//! One client connection: a single task, small while idle.
+//!
+//! The task waits on cancel-safe readiness only (socket readable or
+//! writable, its queue's notification, one timer, node shutdown). When the
+//! socket has data it runs a *read burst* in a boxed future: a fastwebsockets
+//! `WebSocket` is built over [`ws::CountingIo`], frames are read and handled
+//! until the read buffer is provably empty, then the `WebSocket`, its buffer
+//! and the burst's state are freed. `read_frame` is never raced in a
+//! `select!` (it is not cancel-safe), and only a stalled half-frame can hold
+//! the burst, bounded by a timeout.
+//!
+//! Outbound frames are already encoded (`hub::Out`); the task writes them
+//! straight from its queue with vectored, non-blocking writes, so no write
+//! buffer exists per connection either.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dispatcher::{EventKind, NewMessage, Page};
+use fastwebsockets::{CloseCode, Frame, OpCode, Role, WebSocket, WebSocketError};
+use parking_lot::Mutex;
+use protocol::encode::{MsgView, Obj, error_reply, history_reply, msg_event};
+use protocol::request::HistoryPage;
+use protocol::{ErrorCode, Request, close};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::Node;
+use crate::auth::{AuthError, Identity};
+use crate::hub::{ConnHandle, Out};
+use crate::metrics;
+use crate::ws::{self, CountingIo, FrameTracker};
+
+/// Frames written in one vectored write.
+const MAX_IOV: usize = 64;
+/// Time allowed to write the last frames and the close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Window over which bad frames are counted.
+const BAD_FRAME_WINDOW: Duration = Duration::from_secs(60);
+
+/// How a connection ends.
+enum End {
+    /// Send this close frame, then close the socket.
+    Close(u16, &'static str),
+    /// Drop the socket: it is gone, broken, or silent.
+    Drop(&'static str),
+}
+
+struct Joined {
+    room: Arc<str>,
+    /// Stored messages at or below this id were already sent (replay).
+    floor: u64,
+}
+
+struct Session {
+    node: Arc<Node>,
+    handle: Arc<ConnHandle>,
+    identity: Option<Identity>,
+    rooms: Vec<Joined>,
+    auth_deadline: Instant,
+    last_rx: Instant,
+    last_ping: Instant,
+    /// A fragmented text message being reassembled.
+    fragments: Option<Vec<u8>>,
+    bad_frames: u32,
+    bad_window: Instant,
+    tokens: f64,
+    refilled: Instant,
+    limited_since: Option<Instant>,
+    end: Option<End>,
+}
+
+/// Serves one upgraded connection until it ends. `prefix` holds bytes
+/// hyper read past the upgrade request; `header_auth` is the result of an
+/// `Authorization` header, if there was one.
+pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: Option<Result<Identity, AuthError>>) {
+    let m = metrics::get();
+    m.connections_active.increment(1.0);
+    m.connections_opened.increment(1);
+    let handle = node.hub.new_conn();
+    let now = Instant::now();
+    let mut s = Session {
+        auth_deadline: now + node.settings.config.auth_timeout,
+        last_rx: now,
+        last_ping: now,
+        fragments: None,
+        bad_frames: 0,
+        bad_window: now,
+        tokens: f64::from(node.settings.config.send_burst),
+        refilled: now,
+        limited_since: None,
+        identity: None,
+        rooms: Vec::new(),
+        end: None,
+        node,
+        handle,
+    };
+    match header_auth {
+        None => {}
+        Some(Ok(identity)) => s.identity = Some(identity),
+        Some(Err(e)) => {
+            s.error(None, ErrorCode::Unauthorized, &e.to_string());
+            s.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
+        }
+    }
+    let mut tcp = tcp;
+    let mut prefix = prefix;
+    let end = run(&mut tcp, &mut prefix, &mut s).await;
+    match end {
+        End::Close(code, reason) => {
+            metrics::connection_closed(close_label(code));
+            // Replies queued before the close (the error that explains it)
+            // go out first; a slow consumer's backlog is what it could not
+            // take, so it is dropped.
+            let flush_queue = code != close::SLOW_CONSUMER;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_socket(&mut tcp, &s, code, reason, flush_queue)).await;
+        }
+        End::Drop(why) => {
+            metrics::connection_closed("dropped");
+            tracing::debug!(conn = s.handle.id, why, "connection dropped");
+        }
+    }
+    s.leave_all().await;
+    s.handle.close();
+    m.connections_active.decrement(1.0);
+}
+
+fn close_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        4001 => "4001",
+        4008 => "4008",
+        4029 => "4029",
+        _ => "other",
+    }
+}
+
+async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> End {
+    let shutdown = s.node.shutdown.clone();
+    loop {
+        if let Some(end) = s.end.take() {
+            return end;
+        }
+        if s.handle.overflowed() {
+            metrics::get().slow_consumers.increment(1);
+            return End::Close(close::SLOW_CONSUMER, "slow consumer: outbound queue overflowed");
+        }
+        if !prefix.is_empty() {
+            if let Err(end) = Box::pin(read_burst(tcp, prefix, s)).await {
+                return end;
+            }
+            continue;
+        }
+        let wants_write = {
+            let q = s.handle.queue.lock();
+            !q.items.is_empty()
+        };
+        let deadline = s.next_deadline();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return End::Close(close::GOING_AWAY, "node draining"),
+            ready = tcp.readable() => {
+                if ready.is_err() {
+                    return End::Drop("socket error");
+                }
+                match has_data(tcp) {
+                    Ok(true) => {
+                        if let Err(end) = Box::pin(read_burst(tcp, prefix, s)).await {
+                            return end;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(_) => return End::Drop("socket error"),
+                }
+            }
+            ready = tcp.writable(), if wants_write => {
+                if ready.is_err() || flush(tcp, s).is_err() {
+                    return End::Drop("write failed");
+                }
+            }
+            // Always armed: it also signals an overflow while we wait to write.
+            _ = s.handle.notify.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                if let Some(end) = s.on_timer() {
+                    return end;
+                }
+            }
+        }
+    }
+}
+
+/// Whether the socket really has bytes (or EOF) to read. Readiness can be
+/// stale after a burst that stopped at a frame boundary; starting a burst
+/// then would wait inside `read_frame`. A `WouldBlock` here clears tokio's
+/// readiness, so the next `readable()` waits for new data.
+fn has_data(tcp: &TcpStream) -> io::Result<bool> {
+    let fd = tcp.as_raw_fd();
+    let peeked = tcp.try_io(Interest::READABLE, || {
+        let mut byte = 0u8;
+        // SAFETY: one valid byte of buffer; MSG_PEEK leaves the data queued.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n) }
+    });
+    match peeked {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads and handles frames until every byte read belongs to a handled
+/// frame. Errors end the connection.
+async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> Result<(), End> {
+    let tracker = Mutex::new(FrameTracker::default());
+    let mut io = CountingIo {
+        tcp,
+        prefix,
+        tracker: &tracker,
+    };
+    let mut ws = WebSocket::after_handshake(&mut io, Role::Server);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    // fastwebsockets refuses a frame whose length is >= this.
+    ws.set_max_message_size(s.node.settings.config.max_frame_bytes + 1);
+    let stall = s.node.settings.config.ping_interval * 2;
+    let mut returned = 0u64;
+    loop {
+        let frame = match tokio::time::timeout(stall, ws.read_frame()).await {
+            Err(_) => return Err(End::Drop("stalled in the middle of a frame")),
+            Ok(Err(e)) => return Err(ws_error_end(e)),
+            Ok(Ok(frame)) => frame,
+        };
+        returned += 1;
+        s.on_frame(frame).await;
+        if s.end.is_some() {
+            return Ok(());
+        }
+        let t = tracker.lock();
+        if t.at_boundary() && t.completed == returned {
+            return Ok(());
+        }
+    }
+}
+
+fn ws_error_end(e: WebSocketError) -> End {
+    match e {
+        WebSocketError::FrameTooLarge => End::Close(close::TOO_BIG, "frame too big"),
+        WebSocketError::InvalidUTF8 => End::Close(close::INVALID_PAYLOAD, "invalid UTF-8"),
+        WebSocketError::ReservedBitsNotZero => End::Close(
+            close::PROTOCOL_ERROR,
+            "reserved bits set (compression is not supported)",
+        ),
+        WebSocketError::ControlFrameFragmented
+        | WebSocketError::PingFrameTooLarge
+        | WebSocketError::InvalidFragment
+        | WebSocketError::InvalidContinuationFrame
+        | WebSocketError::InvalidValue
+        | WebSocketError::InvalidCloseFrame
+        | WebSocketError::InvalidCloseCode => End::Close(close::PROTOCOL_ERROR, "protocol error"),
+        _ => End::Drop("connection lost"),
+    }
+}
+
+/// Writes queued frames until the queue is empty or the socket is full.
+fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
+    let m = metrics::get();
+    loop {
+        let mut batch: Vec<Out> = Vec::with_capacity(MAX_IOV);
+        let mut offset;
+        {
+            let mut q = s.handle.queue.lock();
+            offset = q.front_offset;
+            while batch.len() < MAX_IOV {
+                let Some(item) = q.items.pop_front() else { break };
+                // A partly written frame must be finished whatever happened since.
+                if (batch.is_empty() && offset > 0) || s.wants(&item) {
+                    batch.push(item);
+                }
+            }
+            if batch.is_empty() {
+                q.front_offset = 0;
+                // Idle connections keep no queue buffer.
+                if q.items.capacity() > 16 {
+                    q.items = VecDeque::new();
+                }
+                return Ok(());
+            }
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        for (i, item) in batch.iter().enumerate() {
+            slices[i] = IoSlice::new(if i == 0 { &item.bytes()[offset..] } else { item.bytes() });
+        }
+        let result = tcp.try_write_vectored(&slices[..batch.len()]);
+        let mut written = match result {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        m.bytes_sent.increment(written as u64);
+        let mut done = 0;
+        for item in &batch {
+            let left = item.bytes().len() - offset;
+            if written >= left {
+                written -= left;
+                offset = 0;
+                done += 1;
+            } else {
+                offset += written;
+                break;
+            }
+        }
+        m.frames_sent.increment(done as u64);
+        if done < batch.len() {
+            let mut q = s.handle.queue.lock();
+            q.front_offset = offset;
+            for item in batch.drain(done..).rev() {
+                q.items.push_front(item);
+            }
+            return Ok(());
+        }
+        let mut q = s.handle.queue.lock();
+        q.front_offset = 0;
+    }
+}
+
+/// Writes the close frame (after the queue, when draining) and closes.
+async fn close_socket(tcp: &mut TcpStream, s: &Session, code: u16, reason: &str, flush_queue: bool) -> io::Result<()> {
+    if flush_queue {
+        loop {
+            flush(tcp, s)?;
+            if s.handle.queue.lock().items.is_empty() {
+                break;
+            }
+            tcp.writable().await?;
+        }
+    } else {
+        // Finish a partly written frame only, so the close frame is whole.
+        let rest = {
+            let mut q = s.handle.queue.lock();
+            let offset = q.front_offset;
+            let rest = (offset > 0)
+                .then(|| q.items.front().map(|f| f.bytes().slice(offset..)))
+                .flatten();
+            q.items.clear();
+            q.front_offset = 0;
+            rest
+        };
+        if let Some(rest) = rest {
+            tcp.write_all(&rest).await?;
+        }
+    }
+    tcp.write_all(&ws::close_frame(code, reason)).await?;
+    tcp.shutdown().await
+}
+
+impl Session {
+    fn settings(&self) -> &crate::config::Config {
+        &self.node.settings.config
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let interval = self.settings().ping_interval;
+        let mut deadline = (self.last_rx.max(self.last_ping) + interval).min(self.last_rx + interval * 2);
+        if self.identity.is_none() {
+            deadline = deadline.min(self.auth_deadline);
+        }
+        deadline
+    }
+
+    fn on_timer(&mut self) -> Option<End> {
+        let now = Instant::now();
+        let interval = self.settings().ping_interval;
+        if self.identity.is_none() && now >= self.auth_deadline {
+            return Some(End::Close(close::UNAUTHORIZED, "authentication timeout"));
+        }
+        if now >= self.last_rx + interval * 2 {
+            return Some(End::Drop("silent for two ping intervals"));
+        }
+        if now >= self.last_rx.max(self.last_ping) + interval {
+            self.last_ping = now;
+            self.handle.push_own(ws::ping_frame());
+        }
+        None
+    }
+
+    /// Whether a queued item should still be written.
+    fn wants(&self, item: &Out) -> bool {
+        match item {
+            Out::Own(_) => true,
+            Out::Shared(o) => match self.joined(&o.room) {
+                Some(j) => o.msg_id == 0 || o.msg_id > j.floor,
+                None => false,
+            },
+        }
+    }
+
+    fn joined(&self, room: &str) -> Option<&Joined> {
+        self.rooms.iter().find(|j| &*j.room == room)
+    }
+
+    fn reply(&self, json: Vec<u8>) {
+        self.handle.push_own(ws::text_frame(&json));
+    }
+
+    fn error(&self, id: Option<i64>, code: ErrorCode, message: &str) {
+        metrics::error_reply(code);
+        self.reply(error_reply(id, code, message));
+    }
+
+    /// Counts a malformed or invalid frame; too many in a window closes 1008.
+    fn bad_frame(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.bad_window) > BAD_FRAME_WINDOW {
+            self.bad_window = now;
+            self.bad_frames = 0;
+        }
+        self.bad_frames += 1;
+        if self.bad_frames > self.settings().max_bad_frames {
+            self.end = Some(End::Close(close::POLICY_VIOLATION, "too many bad frames"));
+        }
+    }
+
+    /// Token bucket for `send` and `typing`. A client that stays over the
+    /// rate for the grace period is closed with 4029.
+    fn rate_ok(&mut self) -> bool {
+        let now = Instant::now();
+        let c = self.settings();
+        let (rate, burst, grace) = (c.send_rate, f64::from(c.send_burst), c.rate_limit_grace);
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.limited_since = None;
+            return true;
+        }
+        let since = *self.limited_since.get_or_insert(now);
+        if now.duration_since(since) >= grace {
+            self.end = Some(End::Close(close::RATE_LIMITED, "rate limited too long"));
+        }
+        false
+    }
+
+    async fn on_frame(&mut self, frame: Frame<'_>) {
+        metrics::get().frames_received.increment(1);
+        self.last_rx = Instant::now();
+        let max = self.settings().max_frame_bytes;
+        match frame.opcode {
+            OpCode::Text => {
+                if self.fragments.is_some() {
+                    self.end = Some(End::Close(
+                        close::PROTOCOL_ERROR,
+                        "new message before the last one ended",
+                    ));
+                } else if frame.fin {
+                    let mut payload = frame.payload;
+                    self.on_text(payload.to_mut()).await;
+                } else {
+                    self.fragments = Some(frame.payload.to_vec());
+                }
+            }
+            OpCode::Binary => {
+                self.end = Some(End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported"));
+            }
+            OpCode::Continuation => {
+                let Some(mut message) = self.fragments.take() else {
+                    self.end = Some(End::Close(
+                        close::PROTOCOL_ERROR,
+                        "continuation frame without a message",
+                    ));
+                    return;
+                };
+                if message.len() + frame.payload.len() > max {
+                    self.end = Some(End::Close(close::TOO_BIG, "message too big"));
+                    return;
+                }
+                message.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    self.fragments = Some(message);
+                } else if std::str::from_utf8(&message).is_err() {
+                    self.end = Some(End::Close(close::INVALID_PAYLOAD, "invalid UTF-8"));
+                } else {
+                    self.on_text(&mut message).await;
+                }
+            }
+            OpCode::Ping => self.handle.push_own(ws::pong_frame(&frame.payload)),
+            OpCode::Pong => {}
+            OpCode::Close => {
+                let code = match frame.payload.get(..2) {
+                    None => 1000,
+                    Some(b) => {
+                        let code = u16::from_be_bytes([b[0], b[1]]);
+                        if CloseCode::from(code).is_allowed() {
+                            code
+                        } else {
+                            close::PROTOCOL_ERROR
+                        }
+                    }
+                };
+                // Echo the client's code, as RFC 6455 asks.
+                self.end = Some(End::Close(code, ""));
+            }
+        }
+    }
+
+    async fn on_text(&mut self, buf: &mut [u8]) {
+        let (id, req) = match protocol::parse_request(buf) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.error(e.id, e.code, &e.message);
+                self.bad_frame();
+                return;
+            }
+        };
+        metrics::request(req.op());
+        let Some(identity) = self.identity.clone() else {
+            match req {
+                Request::Auth { token } => self.on_auth(id, token.as_deref()),
+                _ => self.error(id, ErrorCode::Unauthorized, "authenticate first with {\"op\":\"auth\"}"),
+            }
+            return;
+        };
+        match req {
+            Request::Auth { .. } => self.error(id, ErrorCode::BadRequest, "already authenticated"),
+            Request::Join { room, since } => self.on_join(id, &identity, room, since).await,
+            Request::Leave { room } => {
+                if self.joined(&room).is_none() {
+                    self.error(id, ErrorCode::NotFound, &format!("not in room {room}"));
+                } else {
+                    self.leave(&room).await;
+                    self.reply(Obj::new("ok").id(id).str("room", &room).finish());
+                }
+            }
+            Request::Send { room, body, ephemeral } => self.on_send(id, &identity, room, body, ephemeral).await,
+            Request::History { room, page, limit } => {
+                if !identity.may_join(&room) {
+                    return self.error(id, ErrorCode::Forbidden, &format!("not allowed to read room {room}"));
+                }
+                let page = match page {
+                    HistoryPage::Newest => Page::Newest,
+                    HistoryPage::Before(b) => Page::Before(b),
+                    HistoryPage::After(a) => Page::After(a),
+                };
+                match self.node.bus.history(&room, page, limit).await {
+                    Ok(messages) => self.reply(history_reply(id, &room, messages.iter().map(view))),
+                    Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+                }
+            }
+            Request::Presence { room } => {
+                if !identity.may_join(&room) {
+                    return self.error(id, ErrorCode::Forbidden, &format!("not allowed to see room {room}"));
+                }
+                let users = self.node.hub.presence(&room);
+                self.reply(
+                    Obj::new("presence")
+                        .id(id)
+                        .str("room", &room)
+                        .str_array("users", users.iter().map(|u| &**u))
+                        .finish(),
+                );
+            }
+            Request::Typing { room } => {
+                let Some(joined) = self.joined(&room) else {
+                    return self.error(id, ErrorCode::Forbidden, &format!("join {room} before typing in it"));
+                };
+                let room = joined.room.clone();
+                if !self.rate_ok() {
+                    return self.error(id, ErrorCode::RateLimited, "too many messages; slow down");
+                }
+                let origin = Some(self.handle.id);
+                if let Err(e) = self
+                    .node
+                    .bus
+                    .publish_event(room, EventKind::Typing, identity.user.clone(), origin)
+                    .await
+                {
+                    self.error(id, ErrorCode::Unavailable, &e.to_string());
+                }
+            }
+            Request::Ping => self.reply(Obj::new("pong").id(id).finish()),
+        }
+    }
+
+    fn on_auth(&mut self, id: Option<i64>, token: Option<&str>) {
+        match self.node.auth.authenticate(token) {
+            Ok(identity) => {
+                self.reply(
+                    Obj::new("ok")
+                        .id(id)
+                        .str("user", &identity.user)
+                        .str("node", &self.settings().node_id)
+                        .finish(),
+                );
+                self.identity = Some(identity);
+            }
+            Err(e) => {
+                self.error(id, ErrorCode::Unauthorized, &e.to_string());
+                self.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
+            }
+        }
+    }
+
+    async fn on_join(&mut self, id: Option<i64>, identity: &Identity, room: String, since: Option<u64>) {
+        if !identity.may_join(&room) {
+            return self.error(id, ErrorCode::Forbidden, &format!("not allowed to join room {room}"));
+        }
+        if self.joined(&room).is_some() {
+            return self.reply(
+                Obj::new("ok")
+                    .id(id)
+                    .str("room", &room)
+                    .bool("recovered", true)
+                    .finish(),
+            );
+        }
+        let max = self.settings().max_rooms_per_connection;
+        if self.rooms.len() >= max {
+            return self.error(
+                id,
+                ErrorCode::Forbidden,
+                &format!("already in {max} rooms, the most one connection may join"),
+            );
+        }
+        let room: Arc<str> = room.into();
+        // Membership first, then the store read: whatever the read misses
+        // is delivered live (see hub::Hub::join).
+        let edges = self.node.hub.join(&room, &identity.user, &self.handle).await;
+        if edges.room_edge {
+            self.node.bus.watch(&room);
+        }
+        self.rooms.push(Joined {
+            room: room.clone(),
+            floor: 0,
+        });
+        let (floor, recovered, mut frames) = match since {
+            None => (0, true, Vec::new()),
+            Some(since) => match self.node.bus.replay(&room, since, self.settings().recovery_limit).await {
+                Ok(replay) if replay.complete => {
+                    let floor = replay.messages.last().map_or(since, |m| m.id.max(since));
+                    let frames = replay
+                        .messages
+                        .iter()
+                        .map(|m| ws::text_frame(&msg_event(view(m))))
+                        .collect();
+                    (floor, true, frames)
+                }
+                Ok(_) => (since, false, Vec::new()),
+                Err(e) => {
+                    self.leave(&room).await;
+                    return self.error(id, ErrorCode::Unavailable, &e.to_string());
+                }
+            },
+        };
+        if let Some(j) = self.rooms.iter_mut().find(|j| j.room == room) {
+            j.floor = floor;
+        }
+        frames.push(ws::text_frame(
+            &Obj::new("ok")
+                .id(id)
+                .str("room", &room)
+                .bool("recovered", recovered)
+                .finish(),
+        ));
+        self.handle.splice_replay(&room, floor, frames);
+        if edges.user_edge {
+            let _ = self
+                .node
+                .bus
+                .publish_event(room, EventKind::Joined, identity.user.clone(), None)
+                .await;
+        }
+    }
+
+    async fn on_send(&mut self, id: Option<i64>, identity: &Identity, room: String, body: String, ephemeral: bool) {
+        let Some(joined) = self.joined(&room) else {
+            return self.error(id, ErrorCode::Forbidden, &format!("join {room} before sending to it"));
+        };
+        let room = joined.room.clone();
+        let max = self.settings().max_body_bytes;
+        if body.len() > max {
+            return self.error(
+                id,
+                ErrorCode::TooLarge,
+                &format!("body is {} bytes; the limit is {max}", body.len()),
+            );
+        }
+        if !self.rate_ok() {
+            return self.error(id, ErrorCode::RateLimited, "too many messages; slow down");
+        }
+        let started = Instant::now();
+        let msg = NewMessage {
+            room: room.clone(),
+            from: identity.user.clone(),
+            body,
+            ephemeral,
+        };
+        match self.node.bus.publish(msg).await {
+            Ok(p) => {
+                metrics::get().send_seconds.record(started.elapsed().as_secs_f64());
+                self.reply(
+                    Obj::new("ok")
+                        .id(id)
+                        .str("room", &room)
+                        .msg_id("msg", p.id)
+                        .num("ts", p.ts)
+                        .finish(),
+                );
+            }
+            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+        }
+    }
+
+    /// Leaves one room: membership, interest, and a `left` event when this
+    /// was the user's last connection in it.
+    async fn leave(&mut self, room: &str) {
+        let Some(pos) = self.rooms.iter().position(|j| &*j.room == room) else {
+            return;
+        };
+        let joined = self.rooms.swap_remove(pos);
+        let Some(identity) = &self.identity else { return };
+        let edges = self.node.hub.leave(&joined.room, &identity.user, self.handle.id);
+        if edges.room_edge {
+            self.node.bus.unwatch(&joined.room);
+        }
+        if edges.user_edge {
+            let _ = self
+                .node
+                .bus
+                .publish_event(joined.room, EventKind::Left, identity.user.clone(), None)
+                .await;
+        }
+    }
+
+    async fn leave_all(&mut self) {
+        while let Some(j) = self.rooms.last() {
+            let room = j.room.clone();
+            self.leave(&room).await;
+        }
+    }
+}
+
+fn view(m: &dispatcher::StoredMessage) -> MsgView<'_> {
+    MsgView {
+        room: &m.room,
+        id: m.id,
+        from: &m.from,
+        ts: m.ts,
+        body: &m.body,
+    }
+}

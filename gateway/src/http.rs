@@ -1,0 +1,268 @@
+//! HTTP beside the WebSocket: routing, the upgrade at `/ws`, health,
+//! readiness, metrics, and the server API.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dispatcher::{NewMessage, Page};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use protocol::ErrorCode;
+use protocol::encode::{MsgView, Obj, history_reply};
+use protocol::room::is_valid_room;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+
+use crate::{Node, auth, conn, metrics};
+
+type Body = Full<Bytes>;
+
+/// Serves one accepted TCP connection: HTTP/1.1 until it upgrades to a
+/// WebSocket or closes.
+pub async fn serve_connection(node: Arc<Node>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let shutdown = node.shutdown.clone();
+    let svc = service_fn(move |req| {
+        let node = node.clone();
+        async move { Ok::<_, Infallible>(route(node, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    metrics::get().http_requests.increment(1);
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/ws") => upgrade(node, req),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if node.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(node.prometheus.render())))
+            .expect("static response parts"),
+        _ if path.starts_with("/api/rooms/") => api(node, req).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static response parts")
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+/// `{"code":..,"message":..}` with the matching HTTP status.
+fn api_error(code: ErrorCode, message: &str) -> Response<Body> {
+    let status = match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json(
+        status,
+        Obj::new("error")
+            .str("code", code.as_str())
+            .str("message", message)
+            .finish(),
+    )
+}
+
+fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+    if node.shutdown.is_cancelled() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return Response::builder()
+            .status(StatusCode::UPGRADE_REQUIRED)
+            .header(header::UPGRADE, "websocket")
+            .body(Full::new(Bytes::from_static(b"expected a WebSocket upgrade\n")))
+            .expect("static response parts");
+    }
+    let header_auth = auth::bearer(req.headers()).map(|token| node.auth.authenticate(Some(token)));
+    // Take hyper's upgrade handle first: fastwebsockets' own future would
+    // build a WebSocket with a read buffer we do not want to keep.
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let response = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok((response, _unused)) => response,
+        Err(e) => {
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(Full::new(Bytes::from(format!("bad WebSocket upgrade: {e}\n"))))
+                .expect("static response parts");
+        }
+    };
+    let conn_node = node.clone();
+    node.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => conn::serve(conn_node, parts.io.into_inner(), parts.read_buf, header_auth).await,
+                Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+            },
+            Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+#[derive(Deserialize)]
+struct ApiPublish<'a> {
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
+    from: Option<String>,
+}
+
+/// `POST|GET /api/rooms/{room}/messages`, behind the API key.
+async fn api(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let Some(room) = req
+        .uri()
+        .path()
+        .strip_prefix("/api/rooms/")
+        .and_then(|r| r.strip_suffix("/messages"))
+    else {
+        return api_error(ErrorCode::NotFound, "no such API path");
+    };
+    let room = room.to_owned();
+    if !is_valid_room(&room) {
+        return api_error(
+            ErrorCode::BadRequest,
+            "invalid room: use 1 to 128 characters of [A-Za-z0-9_.:-]",
+        );
+    }
+    match (&node.settings.config.api_key, auth::bearer(req.headers())) {
+        (None, _) => return api_error(ErrorCode::Unauthorized, "the server API is off: set GATEWAY_API_KEY"),
+        (Some(key), Some(given)) if constant_time_eq(key.as_bytes(), given.as_bytes()) => {}
+        _ => return api_error(ErrorCode::Unauthorized, "missing or wrong API key"),
+    }
+    match *req.method() {
+        Method::POST => api_publish(node, room, req).await,
+        Method::GET => api_history(node, room, req.uri().query().unwrap_or("")).await,
+        _ => api_error(ErrorCode::BadRequest, "use GET or POST"),
+    }
+}
+
+async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> Response<Body> {
+    let c = &node.settings.config;
+    let bytes = match Limited::new(req.into_body(), c.max_frame_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return api_error(ErrorCode::TooLarge, "request body too large"),
+    };
+    let parsed: ApiPublish = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => return api_error(ErrorCode::BadRequest, &format!("malformed JSON: {e}")),
+    };
+    let Some(body) = parsed.body else {
+        return api_error(ErrorCode::BadRequest, "missing \"body\"");
+    };
+    if body.get().len() > c.max_body_bytes {
+        return api_error(ErrorCode::TooLarge, &format!("body is over {} bytes", c.max_body_bytes));
+    }
+    let from = parsed.from.unwrap_or_else(|| "system".into());
+    if from.is_empty() || from.len() > 256 {
+        return api_error(ErrorCode::BadRequest, "\"from\" must be 1 to 256 bytes");
+    }
+    let msg = NewMessage {
+        room: room.into(),
+        from: from.into(),
+        body: body.get().to_owned(),
+        ephemeral: false,
+    };
+    match node.bus.publish(msg).await {
+        Ok(p) => json(
+            StatusCode::OK,
+            Obj::new("ok").msg_id("msg", p.id).num("ts", p.ts).finish(),
+        ),
+        Err(e) => api_error(ErrorCode::Unavailable, &e.to_string()),
+    }
+}
+
+async fn api_history(node: Arc<Node>, room: String, query: &str) -> Response<Body> {
+    let (mut before, mut after, mut limit) = (None, None, protocol::HISTORY_DEFAULT_LIMIT);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if value.is_empty() {
+            continue;
+        }
+        let Ok(n) = value.parse::<u64>() else {
+            return api_error(ErrorCode::BadRequest, &format!("{key} must be a non-negative integer"));
+        };
+        match key {
+            "before" => before = Some(n),
+            "after" => after = Some(n),
+            "limit" if (1..=protocol::HISTORY_MAX_LIMIT as u64).contains(&n) => limit = n as usize,
+            "limit" => {
+                return api_error(
+                    ErrorCode::BadRequest,
+                    &format!("limit must be from 1 to {}", protocol::HISTORY_MAX_LIMIT),
+                );
+            }
+            _ => {}
+        }
+    }
+    let page = match (before, after) {
+        (Some(_), Some(_)) => return api_error(ErrorCode::BadRequest, "give before or after, not both"),
+        (Some(b), None) => Page::Before(b),
+        (None, Some(a)) => Page::After(a),
+        (None, None) => Page::Newest,
+    };
+    match node.bus.history(&room, page, limit).await {
+        Ok(messages) => json(
+            StatusCode::OK,
+            history_reply(
+                None,
+                &room,
+                messages.iter().map(|m| MsgView {
+                    room: &m.room,
+                    id: m.id,
+                    from: &m.from,
+                    ts: m.ts,
+                    body: &m.body,
+                }),
+            ),
+        ),
+        Err(e) => api_error(ErrorCode::Unavailable, &e.to_string()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,409 @@
+//! Connections, shards and rooms inside one node.
+//!
+//! - [`ConnHandle`]: what the rest of the node holds of a connection: its
+//!   bounded outbound queue of ready-to-write WebSocket frames.
+//! - Shards: each a task owning the room index (room -> member connections)
+//!   of the connections assigned to it. Deliveries, joins and leaves reach
+//!   a shard as commands, so the index needs no lock.
+//! - The registry: node-wide per room, which shards hold members and which
+//!   users are present; it routes a delivery to only the shards that need
+//!   it and answers `presence`.
+//! - [`Router`]: the bus [`Sink`]: it encodes each delivery into one
+//!   WebSocket frame, once per node, and hands the shared frame to the
+//!   shards, which push it to their members' queues.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use dispatcher::{Delivery, Sink};
+use parking_lot::Mutex;
+use protocol::encode::{MsgView, msg_event, room_user_event};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::ws;
+
+/// One encoded delivery shared by every member connection of the node.
+pub struct Outgoing {
+    pub room: Arc<str>,
+    /// The id of a stored message (replay de-duplication), else 0.
+    pub msg_id: u64,
+    /// A connection that must not get it (its own `typing`), else 0.
+    pub skip_conn: u64,
+    /// The whole WebSocket frame, header included.
+    pub frame: Bytes,
+}
+
+/// An item of a connection's outbound queue.
+pub enum Out {
+    Shared(Arc<Outgoing>),
+    Own(Bytes),
+}
+
+impl Out {
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Out::Shared(o) => &o.frame,
+            Out::Own(b) => b,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Queue {
+    pub items: VecDeque<Out>,
+    /// Bytes of the front item already written to the socket.
+    pub front_offset: usize,
+    /// Set when a delivery found the queue full: the connection is a slow
+    /// consumer and must close with 4008.
+    pub overflowed: bool,
+    /// The connection is gone; pushes are dropped.
+    pub closed: bool,
+}
+
+pub struct ConnHandle {
+    pub id: u64,
+    pub queue: Mutex<Queue>,
+    pub notify: Notify,
+    max_queue: usize,
+}
+
+impl ConnHandle {
+    /// Queues a delivery. Past the bound the connection is marked a slow
+    /// consumer instead (nothing more is queued for it).
+    fn push_delivery(&self, out: &Arc<Outgoing>) -> bool {
+        let mut q = self.queue.lock();
+        if q.closed || q.overflowed {
+            return false;
+        }
+        if q.items.len() >= self.max_queue {
+            q.overflowed = true;
+            drop(q);
+            self.notify.notify_one();
+            return false;
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(Out::Shared(out.clone()));
+        drop(q);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Queues a reply or control frame of this connection's own. These are
+    /// bounded by the client's own requests, so they do not count as
+    /// overflow.
+    pub fn push_own(&self, frame: Bytes) {
+        let mut q = self.queue.lock();
+        if q.closed {
+            return;
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(Out::Own(frame));
+        drop(q);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// After a replay: queue `frames` (the replayed messages and the `ok`)
+    /// ahead of the room's live messages already queued above `floor`, and
+    /// drop the queued ones at or below it, so the client sees the room in
+    /// order with no duplicate. A partly written front frame stays first.
+    pub fn splice_replay(&self, room: &str, floor: u64, frames: Vec<Bytes>) {
+        let mut q = self.queue.lock();
+        let was_empty = q.items.is_empty();
+        let skip = usize::from(q.front_offset > 0);
+        let mut live = Vec::new();
+        let mut kept = VecDeque::with_capacity(q.items.len() + frames.len());
+        for (i, item) in q.items.drain(..).enumerate() {
+            match &item {
+                Out::Shared(o) if i >= skip && o.msg_id != 0 && &*o.room == room => {
+                    if o.msg_id > floor {
+                        live.push(item);
+                    }
+                }
+                _ => kept.push_back(item),
+            }
+        }
+        kept.extend(frames.into_iter().map(Out::Own));
+        kept.extend(live);
+        q.items = kept;
+        drop(q);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.queue.lock().overflowed
+    }
+
+    /// Marks the connection gone and frees its queue.
+    pub fn close(&self) {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        q.items = VecDeque::new();
+    }
+}
+
+enum ShardCmd {
+    Deliver(Vec<Arc<Outgoing>>),
+    Join {
+        room: Arc<str>,
+        conn: Arc<ConnHandle>,
+        done: oneshot::Sender<()>,
+    },
+    Leave {
+        room: Arc<str>,
+        conn_id: u64,
+    },
+}
+
+/// Per room, node-wide.
+#[derive(Default)]
+struct RoomState {
+    /// Member connections per shard.
+    per_shard: Vec<u32>,
+    /// Connections per user, for presence.
+    users: HashMap<Arc<str>, u32>,
+}
+
+/// What a join or leave changed node-wide.
+pub struct Membership {
+    /// First local member of the room joined, or the last left.
+    pub room_edge: bool,
+    /// The user's first connection in the room joined, or its last left.
+    pub user_edge: bool,
+}
+
+const REGISTRY_STRIPES: usize = 16;
+
+pub struct Hub {
+    shards: Vec<mpsc::UnboundedSender<ShardCmd>>,
+    registry: Vec<Mutex<HashMap<Arc<str>, RoomState>>>,
+    hasher: std::collections::hash_map::RandomState,
+    next_conn: AtomicU64,
+    max_queue: usize,
+}
+
+impl Hub {
+    pub fn new(shards: usize, max_queue: usize) -> Arc<Hub> {
+        let senders = (0..shards)
+            .map(|i| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(shard_loop(i, rx));
+                tx
+            })
+            .collect();
+        Arc::new(Hub {
+            shards: senders,
+            registry: (0..REGISTRY_STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            next_conn: AtomicU64::new(1),
+            max_queue,
+        })
+    }
+
+    pub fn new_conn(&self) -> Arc<ConnHandle> {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        Arc::new(ConnHandle {
+            id,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            max_queue: self.max_queue,
+        })
+    }
+
+    fn shard_of(&self, conn_id: u64) -> usize {
+        (conn_id % self.shards.len() as u64) as usize
+    }
+
+    fn stripe(&self, room: &str) -> &Mutex<HashMap<Arc<str>, RoomState>> {
+        let mut h = self.hasher.build_hasher();
+        room.hash(&mut h);
+        &self.registry[(h.finish() % REGISTRY_STRIPES as u64) as usize]
+    }
+
+    /// Adds the connection to the room. When this returns, every delivery
+    /// the shard handles from now on reaches the connection, so a store
+    /// read started afterwards misses nothing that is not delivered live.
+    pub async fn join(&self, room: &Arc<str>, user: &Arc<str>, conn: &Arc<ConnHandle>) -> Membership {
+        let shard = self.shard_of(conn.id);
+        let edges = {
+            let mut reg = self.stripe(room).lock();
+            let state = reg.entry(room.clone()).or_default();
+            let room_edge = state.per_shard.iter().all(|&n| n == 0);
+            if state.per_shard.is_empty() {
+                state.per_shard = vec![0; self.shards.len()];
+            }
+            state.per_shard[shard] += 1;
+            let count = state.users.entry(user.clone()).or_insert(0);
+            *count += 1;
+            Membership {
+                room_edge,
+                user_edge: *count == 1,
+            }
+        };
+        let (done, wait) = oneshot::channel();
+        if self.shards[shard]
+            .send(ShardCmd::Join {
+                room: room.clone(),
+                conn: conn.clone(),
+                done,
+            })
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+        edges
+    }
+
+    pub fn leave(&self, room: &Arc<str>, user: &Arc<str>, conn_id: u64) -> Membership {
+        let shard = self.shard_of(conn_id);
+        let _ = self.shards[shard].send(ShardCmd::Leave {
+            room: room.clone(),
+            conn_id,
+        });
+        let mut reg = self.stripe(room).lock();
+        let Some(state) = reg.get_mut(room) else {
+            return Membership {
+                room_edge: false,
+                user_edge: false,
+            };
+        };
+        state.per_shard[shard] = state.per_shard[shard].saturating_sub(1);
+        let user_edge = match state.users.get_mut(user) {
+            Some(n) if *n <= 1 => {
+                state.users.remove(user);
+                true
+            }
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        };
+        let room_edge = state.per_shard.iter().all(|&n| n == 0);
+        if room_edge {
+            reg.remove(room);
+        }
+        Membership { room_edge, user_edge }
+    }
+
+    /// Users with a connection in the room on this node, sorted.
+    pub fn presence(&self, room: &str) -> Vec<Arc<str>> {
+        let reg = self.stripe(room).lock();
+        let mut users: Vec<Arc<str>> = reg
+            .get(room)
+            .map(|s| s.users.keys().cloned().collect())
+            .unwrap_or_default();
+        users.sort();
+        users
+    }
+
+    fn shards_of(&self, room: &str) -> u64 {
+        let reg = self.stripe(room).lock();
+        reg.get(room)
+            .map(|s| {
+                s.per_shard
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .fold(0u64, |m, (i, _)| m | 1 << i)
+            })
+            .unwrap_or(0)
+    }
+}
+
+async fn shard_loop(_index: usize, mut rx: mpsc::UnboundedReceiver<ShardCmd>) {
+    let m = crate::metrics::get();
+    let mut rooms: HashMap<Arc<str>, Vec<Arc<ConnHandle>>> = HashMap::new();
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            ShardCmd::Deliver(batch) => {
+                let mut delivered = 0u64;
+                for out in &batch {
+                    if let Some(members) = rooms.get(&out.room) {
+                        for conn in members {
+                            if conn.id != out.skip_conn && conn.push_delivery(out) {
+                                delivered += 1;
+                            }
+                        }
+                    }
+                }
+                m.deliveries.increment(delivered);
+            }
+            ShardCmd::Join { room, conn, done } => {
+                rooms.entry(room).or_default().push(conn);
+                let _ = done.send(());
+            }
+            ShardCmd::Leave { room, conn_id } => {
+                if let Some(members) = rooms.get_mut(&room) {
+                    if let Some(pos) = members.iter().position(|c| c.id == conn_id) {
+                        members.swap_remove(pos);
+                    }
+                    if members.is_empty() {
+                        rooms.remove(&room);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The bus sink of a node: encode once, route to the shards with members.
+pub struct Router {
+    pub hub: Arc<Hub>,
+}
+
+impl Sink for Router {
+    fn deliver(&self, batch: Vec<Delivery>) {
+        let hub = &self.hub;
+        let mut per_shard: Vec<Vec<Arc<Outgoing>>> = (0..hub.shards.len()).map(|_| Vec::new()).collect();
+        for d in batch {
+            let mask = hub.shards_of(d.room());
+            if mask == 0 {
+                continue;
+            }
+            let out = Arc::new(match &d {
+                Delivery::Message { msg, ephemeral } => Outgoing {
+                    room: Arc::from(msg.room.as_str()),
+                    msg_id: if *ephemeral { 0 } else { msg.id },
+                    skip_conn: 0,
+                    frame: ws::text_frame(&msg_event(MsgView {
+                        room: &msg.room,
+                        id: msg.id,
+                        from: &msg.from,
+                        ts: msg.ts,
+                        body: &msg.body,
+                    })),
+                },
+                Delivery::Event {
+                    room,
+                    kind,
+                    user,
+                    origin,
+                } => Outgoing {
+                    room: room.clone(),
+                    msg_id: 0,
+                    skip_conn: origin.unwrap_or(0),
+                    frame: ws::text_frame(&room_user_event(kind.op(), room, user)),
+                },
+            });
+            for (i, shard) in per_shard.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    shard.push(out.clone());
+                }
+            }
+        }
+        for (i, batch) in per_shard.into_iter().enumerate() {
+            if !batch.is_empty() {
+                let _ = hub.shards[i].send(ShardCmd::Deliver(batch));
+            }
+        }
+    }
+}

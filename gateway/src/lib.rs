@@ -1,0 +1,138 @@
+//! A gateway node: WebSocket chat clients in, the bus and the history store
+//! behind.
+//!
+//! - [`config`]: settings from flags, `GATEWAY_*` env and a TOML file.
+//! - [`http`]: hyper 1 routes; `/ws` upgrades hand the raw socket to
+//!   [`conn`], one small task per connection.
+//! - [`hub`]: connection shards with their room indexes, the node-wide room
+//!   registry (routing, presence), and the router that turns bus deliveries
+//!   into WebSocket frames once per node.
+//! - [`ws`]: frame encoding and the idle-buffer-free read path.
+//! - [`auth`]: JWT and guests. [`metrics`]: `gateway_*` metrics.
+//!
+//! [`run`] wires them to the bus (`dispatcher`) and the store (`storage`)
+//! and serves until the shutdown token is cancelled, then drains.
+
+pub mod auth;
+pub mod config;
+mod conn;
+mod http;
+pub mod hub;
+pub mod metrics;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatcher::Bus;
+use dispatcher::inprocess::InProcessBus;
+use metrics_exporter_prometheus::PrometheusHandle;
+use storage::{EmbeddedStore, HistoryStore, StorageError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigError, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("listener {0}")]
+    Listener(std::io::Error),
+}
+
+/// What every connection and handler of one node shares.
+pub struct Node {
+    pub settings: Settings,
+    pub auth: auth::Authenticator,
+    pub hub: Arc<hub::Hub>,
+    pub bus: Arc<dyn Bus>,
+    pub shutdown: CancellationToken,
+    /// Connections and upgrades, awaited when draining.
+    pub tracker: TaskTracker,
+    pub prometheus: PrometheusHandle,
+}
+
+impl Node {
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && self.bus.is_ready()
+    }
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then drains: `/readyz`
+/// answers 503, new upgrades are refused, clients get close 1001 after
+/// their in-flight requests, and the bus finishes what it accepted, all
+/// within the configured grace period.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), GatewayError> {
+    let prometheus = metrics::install();
+    let c = &settings.config;
+    let store: Arc<dyn HistoryStore> = Arc::new(EmbeddedStore::open(&c.data_dir)?);
+    let hub = hub::Hub::new(settings.shards, c.outbound_queue);
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(store, Arc::new(hub::Router { hub: hub.clone() })));
+    let addr = listener.local_addr().map_err(GatewayError::Listener)?;
+    tracing::info!(
+        %addr,
+        node = %c.node_id,
+        shards = settings.shards,
+        anonymous = settings.anonymous,
+        jwt = settings.jwt.as_ref().map(|j| format!("{:?}", j.algorithm)).unwrap_or_else(|| "off".into()),
+        data_dir = %c.data_dir.display(),
+        "gateway node serving"
+    );
+    let grace = c.shutdown_grace;
+    let node = Arc::new(Node {
+        auth: auth::Authenticator::new(&settings),
+        settings,
+        hub,
+        bus,
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+        prometheus,
+    });
+
+    let accept = {
+        let node = node.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        // Connections accepted while draining only get 503s;
+                        // the drain does not wait for them.
+                        if node.shutdown.is_cancelled() {
+                            tokio::spawn(http::serve_connection(node.clone(), stream));
+                        } else {
+                            node.tracker.spawn(http::serve_connection(node.clone(), stream));
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning on the error.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(accept);
+    tokio::select! {
+        _ = &mut accept => {}
+        _ = shutdown.cancelled() => {}
+    }
+    tracing::info!(grace = ?grace, "draining");
+    node.tracker.close();
+    let drained = tokio::select! {
+        _ = &mut accept => false,
+        r = tokio::time::timeout(grace, node.tracker.wait()) => r.is_ok(),
+    };
+    if !drained {
+        tracing::warn!(
+            left = node.tracker.len(),
+            "grace period over; closing the remaining connections"
+        );
+    }
+    node.bus.close().await;
+    tracing::info!("drained");
+    Ok(())
+}

@@ -1,0 +1,565 @@
+//! Protocol v1 against a real node over real sockets: every op, event,
+//! error code and close code.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+#[tokio::test]
+async fn anonymous_auth_join_send_and_receive() {
+    let node = TestNode::start(&[]).await;
+    let mut a = node.client().await;
+    let ok = a.request(json!({"op":"auth"})).await;
+    assert_eq!(ok["op"], "ok");
+    assert_eq!(ok["node"], "gw-0");
+    let user = ok["user"].as_str().unwrap().to_string();
+    assert!(user.starts_with("guest-"), "{user}");
+
+    let mut b = node.guest().await;
+    let joined = a.join("r1").await;
+    assert_eq!(joined["room"], "r1");
+    assert_eq!(joined["recovered"], true);
+    b.join("r1").await;
+
+    let r = a
+        .request(json!({"op":"send","room":"r1","body":{"text":"hi","n":[1,2]}}))
+        .await;
+    assert_eq!(r["op"], "ok");
+    assert_eq!(r["room"], "r1");
+    let id: u64 = r["msg"].as_str().expect("id is a decimal string").parse().unwrap();
+    assert!(r["ts"].as_u64().unwrap() > 1_600_000_000_000);
+
+    for c in [&mut a, &mut b] {
+        let m = c.next_msg("r1").await;
+        assert_eq!(msg_id(&m), id);
+        assert_eq!(m["from"], user.as_str());
+        assert_eq!(m["body"], json!({"text":"hi","n":[1,2]}));
+        assert_eq!(m["ts"], r["ts"]);
+    }
+}
+
+#[tokio::test]
+async fn ids_ascend_in_delivery_order_with_concurrent_senders() {
+    let node = TestNode::start(&["--send-rate", "10000", "--send-burst", "10000"]).await;
+    let mut reader = node.guest().await;
+    reader.join("busy").await;
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        let mut c = node.guest().await;
+        c.join("busy").await;
+        senders.push(tokio::spawn(async move {
+            for i in 0..50 {
+                c.send_msg("busy", json!({"s": s, "i": i})).await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let mut last = 0;
+    for _ in 0..200 {
+        let id = msg_id(&reader.next_msg("busy").await);
+        assert!(id > last, "{id} after {last}");
+        last = id;
+    }
+}
+
+#[tokio::test]
+async fn requests_before_auth_are_refused_and_the_connection_survives() {
+    let node = TestNode::start(&[]).await;
+    let mut c = node.client().await;
+    let r = c.request(json!({"op":"join","room":"r1"})).await;
+    assert_eq!(
+        (r["op"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("unauthorized"))
+    );
+    let ok = c.request(json!({"op":"auth"})).await;
+    assert_eq!(ok["op"], "ok");
+    let again = c.request(json!({"op":"auth"})).await;
+    assert_eq!(again["code"], "bad_request");
+    assert_eq!(c.request(json!({"op":"ping"})).await, json!({"op":"pong","id":4}));
+}
+
+#[tokio::test]
+async fn auth_timeout_closes_4001() {
+    let node = TestNode::start(&["--auth-timeout", "300ms"]).await;
+    let mut c = node.client().await;
+    let (end, _) = c.until_closed().await;
+    assert_eq!(end, Ended::Close(4001));
+}
+
+#[tokio::test]
+async fn leave_send_rules_and_not_found() {
+    let node = TestNode::start(&[]).await;
+    let mut c = node.guest().await;
+    let r = c.request(json!({"op":"send","room":"r1","body":1})).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let r = c.request(json!({"op":"leave","room":"r1"})).await;
+    assert_eq!(r["code"], "not_found", "{r}");
+    c.join("r1").await;
+    let r = c.request(json!({"op":"leave","room":"r1"})).await;
+    assert_eq!((r["op"].as_str(), r["room"].as_str()), (Some("ok"), Some("r1")));
+    let r = c.request(json!({"op":"send","room":"r1","body":1})).await;
+    assert_eq!(r["code"], "forbidden");
+    let r = c.request(json!({"op":"typing","room":"r1"})).await;
+    assert_eq!(r["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn history_pages_ascending_in_every_direction() {
+    let node = TestNode::start(&["--send-rate", "10000", "--send-burst", "10000"]).await;
+    let mut c = node.guest().await;
+    c.join("h").await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(c.send_msg("h", json!(i)).await);
+    }
+    let page = |v: &serde_json::Value| -> Vec<u64> { v["messages"].as_array().unwrap().iter().map(msg_id).collect() };
+    let newest = c.request(json!({"op":"history","room":"h","limit":5})).await;
+    assert_eq!(newest["op"], "history");
+    assert_eq!(newest["room"], "h");
+    assert_eq!(page(&newest), ids[25..].to_vec());
+    assert_eq!(newest["messages"][4]["body"], json!(29));
+    let before = c
+        .request(json!({"op":"history","room":"h","before":ids[10].to_string(),"limit":3}))
+        .await;
+    assert_eq!(page(&before), ids[7..10].to_vec());
+    let after = c
+        .request(json!({"op":"history","room":"h","after":ids[10].to_string(),"limit":3}))
+        .await;
+    assert_eq!(page(&after), ids[11..14].to_vec());
+    let all = c.request(json!({"op":"history","room":"h"})).await;
+    assert_eq!(page(&all), ids);
+    let empty = c.request(json!({"op":"history","room":"nobody-here"})).await;
+    assert_eq!(empty["messages"], json!([]));
+    for bad in [json!(0), json!(501), json!("x")] {
+        let r = c.request(json!({"op":"history","room":"h","limit":bad})).await;
+        assert_eq!(r["code"], "bad_request", "{r}");
+    }
+}
+
+#[tokio::test]
+async fn join_since_replays_the_gap_then_goes_live_without_duplicates() {
+    let node = TestNode::start(&["--send-rate", "10000", "--send-burst", "10000"]).await;
+    let mut sender = node.guest().await;
+    sender.join("r").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(sender.send_msg("r", json!(i)).await);
+    }
+    // Keep sending while the late client joins with `since`.
+    let mut background = node.guest().await;
+    background.join("r").await;
+    let live = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            ids.push(background.send_msg("r", json!(100 + i)).await);
+        }
+        ids
+    });
+    let mut late = node.guest().await;
+    late.send(json!({"op":"join","id":77,"room":"r","since":ids[4].to_string()}))
+        .await;
+    let live_ids = live.await.unwrap();
+    let mut expected: Vec<u64> = ids[5..].to_vec();
+    expected.extend(&live_ids);
+
+    let mut got = Vec::new();
+    let mut ok_at = None;
+    while got.len() < expected.len() {
+        let v = late.recv().await;
+        match v["op"].as_str() {
+            Some("msg") => got.push(msg_id(&v)),
+            Some("ok") => {
+                assert_eq!(v["id"], 77);
+                assert_eq!(v["recovered"], true);
+                ok_at = Some(got.len());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(got, expected, "gap-free, duplicate-free, ascending");
+    let ok_at = ok_at.expect("the join was answered");
+    assert!(
+        ok_at >= 15,
+        "the 15 missed messages come before the ok (ok after {ok_at})"
+    );
+}
+
+#[tokio::test]
+async fn a_gap_beyond_the_recovery_limit_is_not_recovered() {
+    let node = TestNode::start(&["--recovery-limit", "5", "--send-rate", "1000", "--send-burst", "1000"]).await;
+    let mut c = node.guest().await;
+    c.join("g").await;
+    let first = c.send_msg("g", json!(0)).await;
+    for i in 1..=6 {
+        c.send_msg("g", json!(i)).await;
+    }
+    let mut late = node.guest().await;
+    let r = late
+        .request(json!({"op":"join","room":"g","since":first.to_string()}))
+        .await;
+    assert_eq!(r["op"], "ok");
+    assert_eq!(r["recovered"], false);
+    assert!(
+        late.backlog.iter().all(|v| v["op"] != "msg"),
+        "nothing replayed: {:?}",
+        late.backlog
+    );
+    // Exactly at the limit: recovered.
+    let mut at_limit = node.guest().await;
+    let second: u64 = {
+        let h = c.request(json!({"op":"history","room":"g","limit":7})).await;
+        msg_id(&h["messages"][1])
+    };
+    let r = at_limit
+        .request(json!({"op":"join","room":"g","since":second.to_string()}))
+        .await;
+    assert_eq!(r["recovered"], true);
+    assert_eq!(at_limit.backlog.iter().filter(|v| v["op"] == "msg").count(), 5);
+}
+
+#[tokio::test]
+async fn presence_joined_left_and_typing() {
+    let node = TestNode::start(&["--jwt-secret", SECRET, "--allow-anonymous"]).await;
+    let mut alice = Client::connect(&node.url(), Some(&token(valid_claims("alice")))).await;
+    let mut bob = Client::connect(&node.url(), Some(&token(valid_claims("bob")))).await;
+    alice.join("p").await;
+    bob.join("p").await;
+    let ev = alice.recv_matching(|v| v["op"] == "joined" && v["user"] == "bob").await;
+    assert_eq!(ev, json!({"op":"joined","room":"p","user":"bob"}));
+
+    let pres = alice.request(json!({"op":"presence","room":"p"})).await;
+    assert_eq!(pres["users"], json!(["alice", "bob"]));
+    assert_eq!(pres["room"], "p");
+
+    bob.send(json!({"op":"typing","room":"p"})).await;
+    let t = alice.recv_matching(|v| v["op"] == "typing").await;
+    assert_eq!(t, json!({"op":"typing","room":"p","user":"bob"}));
+    // Bob does not get his own typing: the next thing he sees is his pong.
+    let pong = bob.request(json!({"op":"ping"})).await;
+    assert_eq!(pong["op"], "pong");
+    assert!(bob.backlog.iter().all(|v| v["op"] != "typing"), "{:?}", bob.backlog);
+
+    drop(bob);
+    let left = alice.recv_matching(|v| v["op"] == "left").await;
+    assert_eq!(left, json!({"op":"left","room":"p","user":"bob"}));
+    let pres = alice.request(json!({"op":"presence","room":"p"})).await;
+    assert_eq!(pres["users"], json!(["alice"]));
+}
+
+#[tokio::test]
+async fn ephemeral_messages_are_delivered_but_never_stored() {
+    let node = TestNode::start(&[]).await;
+    let mut a = node.guest().await;
+    let mut b = node.guest().await;
+    a.join("e").await;
+    b.join("e").await;
+    let r = a
+        .request(json!({"op":"send","room":"e","body":"poof","ephemeral":true}))
+        .await;
+    assert_eq!(r["op"], "ok");
+    let m = b.next_msg("e").await;
+    assert_eq!(m["body"], "poof");
+    let h = a.request(json!({"op":"history","room":"e"})).await;
+    assert_eq!(h["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_frames_get_bad_request_and_the_connection_survives() {
+    let node = TestNode::start(&[]).await;
+    let mut c = node.guest().await;
+    c.send_raw(Message::Text("{not json".into())).await;
+    let e = c.recv().await;
+    assert_eq!(
+        (e["op"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+    assert!(e["message"].as_str().unwrap().contains("malformed JSON"), "{e}");
+    for (frame, needle) in [
+        (json!({"op":"fly","id":3}), "unknown op"),
+        (json!({"op":"join","id":3,"room":"no spaces"}), "invalid room"),
+        (json!({"op":"join","id":3,"room":"x".repeat(129)}), "invalid room"),
+        (json!({"op":"join","id":3}), "missing \"room\""),
+        (json!({"op":"send","id":3,"room":"r"}), "missing \"body\""),
+        (json!({"op":"join","id":3,"room":"r","since":"abc"}), "message id"),
+    ] {
+        c.send(frame.clone()).await;
+        let e = c.recv().await;
+        assert_eq!(e["code"], "bad_request", "{frame}: {e}");
+        assert_eq!(e["id"], 3, "{frame}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(needle), "{frame}: {e}");
+    }
+    assert_eq!(c.request(json!({"op":"ping"})).await["op"], "pong");
+}
+
+#[tokio::test]
+async fn repeated_bad_frames_close_1008() {
+    let node = TestNode::start(&["--max-bad-frames", "3"]).await;
+    let mut c = node.guest().await;
+    for _ in 0..4 {
+        c.send_raw(Message::Text("nope".into())).await;
+    }
+    let (end, frames) = c.until_closed().await;
+    assert_eq!(end, Ended::Close(1008));
+    assert_eq!(frames.iter().filter(|f| f["code"] == "bad_request").count(), 4);
+}
+
+#[tokio::test]
+async fn oversize_body_gets_too_large() {
+    let node = TestNode::start(&["--max-body-bytes", "100"]).await;
+    let mut c = node.guest().await;
+    c.join("r").await;
+    let r = c.request(json!({"op":"send","room":"r","body":"x".repeat(200)})).await;
+    assert_eq!(r["code"], "too_large", "{r}");
+    assert_eq!(c.request(json!({"op":"ping"})).await["op"], "pong");
+}
+
+#[tokio::test]
+async fn oversize_frame_closes_1009() {
+    let node = TestNode::start(&["--max-frame-bytes", "4096", "--max-body-bytes", "1000"]).await;
+    let mut c = node.guest().await;
+    c.send_raw(Message::Text("x".repeat(5000).into())).await;
+    assert_eq!(c.until_closed().await.0, Ended::Close(1009));
+}
+
+fn raw_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Message {
+    let header = FrameHeader {
+        is_final: fin,
+        opcode,
+        ..FrameHeader::default()
+    };
+    Message::Frame(Frame::from_payload(header, payload.to_vec().into()))
+}
+
+#[tokio::test]
+async fn fragmented_messages_are_reassembled_and_bounded() {
+    let node = TestNode::start(&["--max-frame-bytes", "4096", "--max-body-bytes", "1000"]).await;
+    let mut c = node.guest().await;
+    let text = json!({"op":"ping","id":42}).to_string();
+    let (a, b) = text.as_bytes().split_at(5);
+    c.send_raw(raw_frame(OpCode::Data(Data::Text), false, a)).await;
+    c.send_raw(raw_frame(OpCode::Data(Data::Continue), true, b)).await;
+    assert_eq!(c.recv().await, json!({"op":"pong","id":42}));
+
+    // Each fragment is under the frame limit; together they are over it.
+    let chunk = vec![b' '; 3000];
+    c.send_raw(raw_frame(OpCode::Data(Data::Text), false, &chunk)).await;
+    c.send_raw(raw_frame(OpCode::Data(Data::Continue), false, &chunk)).await;
+    c.send_raw(raw_frame(OpCode::Data(Data::Continue), true, b"{}")).await;
+    assert_eq!(c.until_closed().await.0, Ended::Close(1009));
+}
+
+#[tokio::test]
+async fn binary_frames_close_1003() {
+    let node = TestNode::start(&[]).await;
+    let mut c = node.guest().await;
+    c.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    assert_eq!(c.until_closed().await.0, Ended::Close(1003));
+}
+
+#[tokio::test]
+async fn compressed_frames_close_1002() {
+    // A frame with RSV1 set (permessage-deflate), which was never negotiated.
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start(&[]).await;
+    let mut c = node.guest().await;
+    let mut header = FrameHeader {
+        is_final: true,
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    header.rsv1 = true;
+    header.mask = Some([1, 2, 3, 4]);
+    let mut bytes = Vec::new();
+    header.format(2, &mut bytes).unwrap();
+    bytes.extend([b'{' ^ 1, b'}' ^ 2]);
+    let tcp = match c.ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(s) => s,
+        _ => unreachable!(),
+    };
+    tcp.write_all(&bytes).await.unwrap();
+    assert_eq!(c.until_closed().await.0, Ended::Close(1002));
+}
+
+#[tokio::test]
+async fn client_close_is_echoed() {
+    let node = TestNode::start(&[]).await;
+    let mut c = node.guest().await;
+    c.ws.close(None).await.unwrap();
+    // tungstenite reports the server's echo as the end of the stream.
+    let (end, _) = c.until_closed().await;
+    assert!(matches!(end, Ended::Close(_) | Ended::Gone), "{end:?}");
+}
+
+#[tokio::test]
+async fn broken_upgrade_requests_get_http_errors() {
+    let node = TestNode::start(&[]).await;
+    let (status, _) = node.http("GET", "/ws", &[], "").await;
+    assert_eq!(status, 426);
+    let (status, body) = node
+        .http(
+            "GET",
+            "/ws",
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = node
+        .http(
+            "GET",
+            "/ws",
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "8"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // Garbage instead of HTTP.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("closed in time");
+    // The node is unharmed.
+    let mut c = node.guest().await;
+    assert_eq!(c.request(json!({"op":"ping"})).await["op"], "pong");
+}
+
+#[tokio::test]
+async fn rate_limits_answer_rate_limited_then_close_4029() {
+    let node = TestNode::start(&["--send-rate", "1", "--send-burst", "2", "--rate-limit-grace", "300ms"]).await;
+    let mut c = node.guest().await;
+    c.join("r").await;
+    c.send_msg("r", json!(1)).await;
+    c.send_msg("r", json!(2)).await;
+    let r = c.request(json!({"op":"send","room":"r","body":3})).await;
+    assert_eq!(r["code"], "rate_limited", "{r}");
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed() < WAIT, "never closed");
+        c.send(json!({"op":"typing","room":"r"})).await;
+        let v = c.until_closed_or_next().await;
+        if let Some(end) = v {
+            assert_eq!(end, Ended::Close(4029));
+            break;
+        }
+    }
+}
+
+impl Client {
+    /// The next frame, or how the connection ended.
+    async fn until_closed_or_next(&mut self) -> Option<Ended> {
+        loop {
+            use futures_util::StreamExt;
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("in time") {
+                Some(Ok(Message::Text(_))) => return None,
+                Some(Ok(Message::Close(f))) => return Some(Ended::Close(f.map(|f| u16::from(f.code)).unwrap_or(1005))),
+                Some(Ok(_)) => continue,
+                _ => return Some(Ended::Gone),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_4008_and_others_are_unaffected() {
+    let node = TestNode::start(&[
+        "--outbound-queue",
+        "16",
+        "--send-rate",
+        "100000",
+        "--send-burst",
+        "100000",
+    ])
+    .await;
+    // A tiny receive buffer so the kernel cannot absorb the backlog.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(node.url(), stream).await.unwrap();
+    let mut slow = Client::from_stream(ws);
+    assert_eq!(slow.request(json!({"op":"auth"})).await["op"], "ok");
+    slow.join("flood").await;
+
+    let mut fast = node.guest().await;
+    fast.join("flood").await;
+    // More than the kernel buffers hold (tcp_wmem max is 4 MiB here), sent
+    // until the node reports the slow consumer.
+    let body = "y".repeat(30_000);
+    let mut sent = 0;
+    loop {
+        assert!(sent < 2_000, "no slow consumer detected after {sent} messages");
+        for _ in 0..20 {
+            fast.send_msg("flood", json!(body)).await;
+            sent += 1;
+        }
+        let (_, metrics) = node.http("GET", "/metrics", &[], "").await;
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_slow_consumer_disconnects_total") && !l.ends_with(" 0"))
+        {
+            break;
+        }
+    }
+    // Reading now, the slow client gets what fit in the buffers, then 4008.
+    let (end, frames) = slow.until_closed().await;
+    assert_eq!(end, Ended::Close(4008), "after {} frames", frames.len());
+    assert!(frames.len() < sent);
+    // The fast member got everything.
+    for _ in 0..sent {
+        fast.next_msg("flood").await;
+    }
+}
+
+#[tokio::test]
+async fn server_pings_and_drops_silent_clients() {
+    use tokio::io::AsyncReadExt;
+    let node = TestNode::start(&["--ping-interval", "200ms"]).await;
+    // A raw socket that completes the handshake and then never answers.
+    let mut c = node.guest().await;
+    let tcp = match c.ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(s) => s,
+        _ => unreachable!(),
+    };
+    let mut seen_ping = false;
+    let mut buf = vec![0u8; 1024];
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed() < WAIT, "not dropped in time");
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        if buf[..n].windows(2).any(|w| w == [0x89, 0x00]) {
+            seen_ping = true;
+        }
+    }
+    assert!(seen_ping, "the server pinged before dropping");
+    // A client that answers pings (tungstenite does) stays connected.
+    let mut live = node.guest().await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(800) {
+        assert_eq!(live.request(json!({"op":"ping"})).await["op"], "pong");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
