@@ -5,9 +5,9 @@
 //! socket has data it runs a *read burst* in a boxed future: a fastwebsockets
 //! `WebSocket` is built over [`ws::CountingIo`], frames are read and handled
 //! until the read buffer is provably empty, then the `WebSocket`, its buffer
-//! and the burst's state are freed. `read_frame` is never raced in a
-//! `select!` (it is not cancel-safe), and only a stalled half-frame can hold
-//! the burst, bounded by a timeout.
+//! and the burst's state are freed. `read_frame` is not cancel-safe, so it is
+//! raced only against outcomes that end the connection (a stalled half-frame
+//! timing out, node shutdown).
 //!
 //! Outbound frames are already encoded (`hub::Out`); the task writes them
 //! straight from its queue with vectored, non-blocking writes, so no write
@@ -241,9 +241,16 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
     // fastwebsockets refuses a frame whose length is >= this.
     ws.set_max_message_size(s.node.settings.config.max_frame_bytes + 1);
     let stall = s.node.settings.config.ping_interval * 2;
+    let shutdown = s.node.shutdown.clone();
     let mut returned = 0u64;
     loop {
-        let frame = match tokio::time::timeout(stall, ws.read_frame()).await {
+        // Racing read_frame is only safe because both other outcomes end
+        // the connection: its half-read state is never used again.
+        let read = tokio::select! {
+            read = tokio::time::timeout(stall, ws.read_frame()) => read,
+            _ = shutdown.cancelled() => return Err(End::Close(close::GOING_AWAY, "node draining")),
+        };
+        let frame = match read {
             Err(_) => return Err(End::Drop("stalled in the middle of a frame")),
             Ok(Err(e)) => return Err(ws_error_end(e)),
             Ok(Ok(frame)) => frame,

@@ -33,12 +33,19 @@ pub async fn serve_connection(node: Arc<Node>, stream: TcpStream) {
         let node = node.clone();
         async move { Ok::<_, Infallible>(route(node, req).await) }
     });
+    let draining = shutdown.is_cancelled();
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(!draining)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
+    if draining {
+        // Accepted during the drain: answer its one request (probes get 503).
+        let _ = conn.await;
+        return;
+    }
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = shutdown.cancelled() => {

@@ -13,7 +13,7 @@
 //!   shards, which push it to their members' queues.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -223,9 +223,7 @@ impl Hub {
     }
 
     fn stripe(&self, room: &str) -> &Mutex<HashMap<Arc<str>, RoomState>> {
-        let mut h = self.hasher.build_hasher();
-        room.hash(&mut h);
-        &self.registry[(h.finish() % REGISTRY_STRIPES as u64) as usize]
+        &self.registry[(self.hasher.hash_one(room) % REGISTRY_STRIPES as u64) as usize]
     }
 
     /// Adds the connection to the room. When this returns, every delivery

@@ -1,0 +1,303 @@
+//! Durability and drain: restart on the same data dir, kill -9 of the real
+//! binary under load (every acknowledged message must survive), and
+//! graceful drain on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use serde_json::json;
+
+/// The real `gateway` binary as a child process; killed when dropped.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Proc {
+    fn start(dir: &Path, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // The node logs its bound address; read until then, then keep
+        // draining stdout so the pipe never fills.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("gateway exited before listening").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "listening" {
+                break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Proc { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn guest(url: &str) -> Client {
+    let mut c = Client::connect(url, None).await;
+    assert_eq!(c.request(json!({"op":"auth"})).await["op"], "ok");
+    c
+}
+
+/// Every message of a room, oldest first, paging backwards through history.
+async fn all_history(c: &mut Client, room: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut req = json!({"op":"history","room":room,"limit":500});
+        if let Some(b) = before {
+            req["before"] = json!(b.to_string());
+        }
+        let page = c.request(req).await;
+        let page: Vec<u64> = page["messages"].as_array().unwrap().iter().map(msg_id).collect();
+        if page.is_empty() {
+            return ids;
+        }
+        before = Some(page[0]);
+        ids.splice(0..0, page);
+    }
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_and_ids_keep_ascending() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--send-rate", "10000", "--send-burst", "10000"];
+    let node = TestNode::start_in(tmp.path(), &args).await;
+    let mut c = node.guest().await;
+    c.join("keep").await;
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        sent.push(c.send_msg("keep", json!(i)).await);
+    }
+    drop(c);
+    node.stop().await;
+
+    let node = TestNode::start_in(tmp.path(), &args).await;
+    let mut c = node.guest().await;
+    assert_eq!(all_history(&mut c, "keep").await, sent);
+    c.join("keep").await;
+    let next = c.send_msg("keep", json!("after restart")).await;
+    assert!(next > *sent.last().unwrap());
+    // `since` across the restart replays exactly what came after.
+    let mut late = node.guest().await;
+    let r = late
+        .request(json!({"op":"join","room":"keep","since":sent[47].to_string()}))
+        .await;
+    assert_eq!(r["recovered"], true);
+    let replayed: Vec<u64> = late.backlog.iter().filter(|v| v["op"] == "msg").map(msg_id).collect();
+    assert_eq!(replayed, vec![sent[48], sent[49], next]);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--send-rate", "100000", "--send-burst", "100000"];
+    let mut proc = Proc::start(tmp.path(), &args);
+    let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        let mut c = guest(&proc.url()).await;
+        c.join("durable").await;
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            // Pipelined: several sends in flight, so the kill lands mid-batch.
+            for i in 0..100_000u64 {
+                let id = i + 1;
+                if c.ws_send(json!({"op":"send","id":id,"room":"durable","body":{"s":s,"i":i}}))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if i >= 8 {
+                    match c.next_ack().await {
+                        Some(msg) => acked.lock().unwrap().push(msg),
+                        None => return,
+                    }
+                }
+            }
+        }));
+    }
+    // Kill once a good number of messages are acknowledged, with more in flight.
+    let started = std::time::Instant::now();
+    while acked.lock().unwrap().len() < 400 {
+        assert!(
+            started.elapsed() < WAIT,
+            "too slow: {} acks",
+            acked.lock().unwrap().len()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    proc.kill9();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let proc = Proc::start(tmp.path(), &args);
+    let mut c = guest(&proc.url()).await;
+    let stored = all_history(&mut c, "durable").await;
+    let missing: Vec<_> = acked.iter().filter(|id| stored.binary_search(id).is_err()).collect();
+    eprintln!(
+        "kill -9: {} acknowledged, {} stored after restart, {} missing",
+        acked.len(),
+        stored.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(
+        stored.windows(2).all(|w| w[0] < w[1]),
+        "stored ids ascend without duplicates"
+    );
+}
+
+impl Client {
+    async fn ws_send(&mut self, v: serde_json::Value) -> Result<(), ()> {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into()))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// The next send acknowledgement's id; None when the connection ends.
+    async fn next_ack(&mut self) -> Option<u64> {
+        use futures_util::StreamExt;
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.ok()?? {
+                Ok(tokio_tungstenite::tungstenite::Message::Text(t)) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if v["op"] == "ok" && v["msg"].is_string() {
+                        return Some(msg_id(&v));
+                    }
+                    assert_ne!(v["op"], "error", "{v}");
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_1001_and_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut proc = Proc::start(tmp.path(), &["--shutdown-grace", "5s"]);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = guest(&proc.url()).await;
+        c.join("d").await;
+        clients.push(c);
+    }
+    let id = clients[0].send_msg("d", json!("before drain")).await;
+    proc.signal(libc::SIGTERM);
+    for c in &mut clients {
+        let (end, frames) = c.until_closed().await;
+        assert_eq!(end, Ended::Close(1001));
+        // Queued deliveries were flushed before the close (presence events
+        // of the others closing may come too).
+        assert!(
+            frames
+                .iter()
+                .all(|f| ["msg", "joined", "left"].contains(&f["op"].as_str().unwrap())),
+            "{frames:?}"
+        );
+        assert_eq!(frames.iter().filter(|f| f["op"] == "msg").count(), 1, "{frames:?}");
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = proc.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "did not exit within the grace period"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    // The message acknowledged before the drain is there after it.
+    let proc = Proc::start(tmp.path(), &[]);
+    let mut c = guest(&proc.url()).await;
+    assert_eq!(all_history(&mut c, "d").await, vec![id]);
+}
+
+#[tokio::test]
+async fn draining_node_is_not_ready_and_refuses_new_websockets() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start(&["--api-key", API_KEY]).await;
+    // An in-flight request (its body still arriving) keeps the drain
+    // waiting, so the draining node can be observed.
+    let mut partial = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let head = format!(
+        "POST /api/rooms/x/messages HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {API_KEY}\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    partial.write_all(head.as_bytes()).await.unwrap();
+    let mut c = node.guest().await;
+    c.join("x").await;
+    assert_eq!(node.http("GET", "/readyz", &[], "").await.0, 200);
+    node.begin_shutdown();
+    assert_eq!(c.until_closed().await.0, Ended::Close(1001));
+    assert_eq!(node.http("GET", "/readyz", &[], "").await.0, 503);
+    assert_eq!(node.http("GET", "/healthz", &[], "").await.0, 200);
+    let (status, _) = node
+        .http(
+            "GET",
+            "/ws",
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(status, 503);
+    drop(partial);
+    node.stop().await;
+}
