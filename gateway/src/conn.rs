@@ -772,3 +772,45 @@ fn view(m: &dispatcher::StoredMessage) -> MsgView<'_> {
         body: &m.body,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connection_future_stays_small() {
+        // The whole connection task future is allocated for the
+        // connection's life; the read burst is boxed so it is not part of it.
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let (tx, _) = tokio::sync::oneshot::channel::<()>();
+        drop(tx);
+        let settings = crate::Config::load(["gateway"]).unwrap().validate().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = std::env::temp_dir().join(format!("conn-size-{}", std::process::id()));
+            let store: std::sync::Arc<dyn storage::HistoryStore> =
+                std::sync::Arc::new(storage::EmbeddedStore::open(&dir).unwrap());
+            let hub = crate::hub::Hub::new(1, 16);
+            let bus = std::sync::Arc::new(dispatcher::inprocess::InProcessBus::new(
+                store,
+                std::sync::Arc::new(crate::hub::Router { hub: hub.clone() }),
+            ));
+            let node = std::sync::Arc::new(crate::Node {
+                auth: crate::auth::Authenticator::new(&settings),
+                settings,
+                hub,
+                bus,
+                shutdown: Default::default(),
+                tracker: Default::default(),
+                prometheus: crate::metrics::install(),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let fut = super::serve(node, tcp, bytes::Bytes::new(), None);
+            let n = size(&fut);
+            eprintln!("connection future: {n} bytes");
+            assert!(n < 2048, "connection future is {n} bytes");
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+    }
+}

@@ -142,7 +142,17 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     node.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => conn::serve(conn_node, parts.io.into_inner(), parts.read_buf, header_auth).await,
+                Ok(parts) => {
+                    // `read_buf` is hyper's whole read buffer, frozen: keeping
+                    // it (even empty) would pin ~8 KiB per connection.
+                    let prefix = if parts.read_buf.is_empty() {
+                        Bytes::new()
+                    } else {
+                        Bytes::copy_from_slice(&parts.read_buf)
+                    };
+                    drop(parts.read_buf);
+                    conn::serve(conn_node, parts.io.into_inner(), prefix, header_auth).await
+                }
                 Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
             },
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
