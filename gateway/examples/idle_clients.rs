@@ -15,11 +15,20 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).expect("usage: idle_clients <ws-url> <connections> [rooms]").clone();
+    let url = args
+        .get(1)
+        .expect("usage: idle_clients <ws-url> <connections> [rooms]")
+        .clone();
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).expect("connections");
     let rooms: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100);
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let target: SocketAddr = url.trim_start_matches("ws://").split('/').next().unwrap().parse().expect("ws://ip:port/ws");
+    let target: SocketAddr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("ws://ip:port/ws");
 
     let mut held = Vec::with_capacity(n);
     let mut pending = futures_util::stream::FuturesUnordered::new();
@@ -35,7 +44,10 @@ async fn main() {
                 socket.bind(SocketAddr::new(src.into(), 0)).unwrap();
                 let stream = socket.connect(target).await.expect("connect");
                 let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.expect("handshake");
-                for frame in [r#"{"op":"auth","id":1}"#.to_string(), format!(r#"{{"op":"join","id":2,"room":"idle-{}"}}"#, i % rooms)] {
+                for frame in [
+                    r#"{"op":"auth","id":1}"#.to_string(),
+                    format!(r#"{{"op":"join","id":2,"room":"idle-{}"}}"#, i % rooms),
+                ] {
                     ws.send(Message::Text(frame.into())).await.unwrap();
                 }
                 // Wait for both replies (presence events may come between).

@@ -239,6 +239,16 @@ impl Config {
         Config::from_arg_matches(&matches).map_err(cli_error)
     }
 
+    /// A copy safe to print: secrets replaced.
+    pub fn redacted(&self) -> Config {
+        let hide = |v: &Option<String>| v.as_ref().map(|_| "<redacted>".to_string());
+        Config {
+            jwt_secret: hide(&self.jwt_secret),
+            api_key: hide(&self.api_key),
+            ..self.clone()
+        }
+    }
+
     /// Checks every setting and derives what `run` needs.
     pub fn validate(self) -> Result<Settings, ConfigError> {
         let c = &self;

@@ -297,6 +297,9 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
             offset = q.front_offset;
             while batch.len() < MAX_IOV {
                 let Some(item) = q.items.pop_front() else { break };
+                if item.is_delivery() {
+                    q.deliveries -= 1;
+                }
                 // A partly written frame must be finished whatever happened since.
                 if (batch.is_empty() && offset > 0) || s.wants(&item) {
                     batch.push(item);
@@ -339,6 +342,9 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
             let mut q = s.handle.queue.lock();
             q.front_offset = offset;
             for item in batch.drain(done..).rev() {
+                if item.is_delivery() {
+                    q.deliveries += 1;
+                }
                 q.items.push_front(item);
             }
             return Ok(());
@@ -367,6 +373,7 @@ async fn close_socket(tcp: &mut TcpStream, s: &Session, code: u16, reason: &str,
                 .then(|| q.items.front().map(|f| f.bytes().slice(offset..)))
                 .flatten();
             q.items.clear();
+            q.deliveries = 0;
             q.front_offset = 0;
             rest
         };
@@ -785,7 +792,10 @@ mod tests {
         let (tx, _) = tokio::sync::oneshot::channel::<()>();
         drop(tx);
         let settings = crate::Config::load(["gateway"]).unwrap().validate().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let dir = std::env::temp_dir().join(format!("conn-size-{}", std::process::id()));
             let store: std::sync::Arc<dyn storage::HistoryStore> =
@@ -805,7 +815,9 @@ mod tests {
                 prometheus: crate::metrics::install(),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
             let fut = super::serve(node, tcp, bytes::Bytes::new(), None);
             let n = size(&fut);
             eprintln!("connection future: {n} bytes");

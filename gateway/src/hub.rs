@@ -43,6 +43,10 @@ pub enum Out {
 }
 
 impl Out {
+    pub fn is_delivery(&self) -> bool {
+        matches!(self, Out::Shared(_))
+    }
+
     pub fn bytes(&self) -> &Bytes {
         match self {
             Out::Shared(o) => &o.frame,
@@ -56,6 +60,9 @@ pub struct Queue {
     pub items: VecDeque<Out>,
     /// Bytes of the front item already written to the socket.
     pub front_offset: usize,
+    /// `Out::Shared` items in `items`: what the slow-consumer bound counts
+    /// (replies and replays are bounded by the client's own requests).
+    pub deliveries: usize,
     /// Set when a delivery found the queue full: the connection is a slow
     /// consumer and must close with 4008.
     pub overflowed: bool,
@@ -78,7 +85,7 @@ impl ConnHandle {
         if q.closed || q.overflowed {
             return false;
         }
-        if q.items.len() >= self.max_queue {
+        if q.deliveries >= self.max_queue {
             q.overflowed = true;
             drop(q);
             self.notify.notify_one();
@@ -86,6 +93,7 @@ impl ConnHandle {
         }
         let was_empty = q.items.is_empty();
         q.items.push_back(Out::Shared(out.clone()));
+        q.deliveries += 1;
         drop(q);
         if was_empty {
             self.notify.notify_one();
@@ -131,6 +139,7 @@ impl ConnHandle {
         }
         kept.extend(frames.into_iter().map(Out::Own));
         kept.extend(live);
+        q.deliveries = kept.iter().filter(|o| o.is_delivery()).count();
         q.items = kept;
         drop(q);
         if was_empty {
@@ -147,6 +156,7 @@ impl ConnHandle {
         let mut q = self.queue.lock();
         q.closed = true;
         q.items = VecDeque::new();
+        q.deliveries = 0;
     }
 }
 

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
-        println!("configuration ok: {:#?}", settings.config);
+        println!("configuration ok: {:#?}", settings.config.redacted());
         return ExitCode::SUCCESS;
     }
     let filter = EnvFilter::try_from_default_env()

@@ -563,3 +563,72 @@ async fn server_pings_and_drops_silent_clients() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_replay_larger_than_the_outbound_queue_is_not_a_slow_consumer() {
+    use futures_util::SinkExt;
+    let node = TestNode::start(&[
+        "--outbound-queue",
+        "16",
+        "--recovery-limit",
+        "100",
+        "--send-rate",
+        "1000",
+        "--send-burst",
+        "1000",
+    ])
+    .await;
+    let mut sender = node.guest().await;
+    sender.join("big").await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(sender.send_msg("big", json!(i)).await);
+    }
+    // join+since and a send in one write: the send's live delivery reaches
+    // the queue while the 49 replayed messages are still in it.
+    let mut late = node.guest().await;
+    let join = json!({"op":"join","id":101,"room":"big","since":ids[0].to_string()});
+    let send = json!({"op":"send","id":102,"room":"big","body":"live"});
+    late.ws.feed(Message::Text(join.to_string().into())).await.unwrap();
+    late.ws.feed(Message::Text(send.to_string().into())).await.unwrap();
+    late.ws.flush().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let v = late.recv().await;
+        if v["op"] == "msg" {
+            got.push(msg_id(&v));
+        }
+    }
+    assert_eq!(&got[..49], &ids[1..]);
+    assert!(got[49] > ids[49]);
+    assert_eq!(late.request(json!({"op":"ping"})).await["op"], "pong");
+}
+
+#[tokio::test]
+async fn garbage_after_the_upgrade_never_harms_the_node() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start(&[]).await;
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    for round in 0..20 {
+        let mut c = node.guest().await;
+        let tcp = match c.ws.get_mut() {
+            tokio_tungstenite::MaybeTlsStream::Plain(s) => s,
+            _ => unreachable!(),
+        };
+        let junk: Vec<u8> = (0..64 + round * 37)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = tcp.write_all(&junk).await;
+        // Whatever the junk parses as, the connection ends or answers; it
+        // never hangs the node.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), c.until_closed()).await;
+    }
+    let mut ok = node.guest().await;
+    ok.join("still-here").await;
+    ok.send_msg("still-here", json!("fine")).await;
+}
