@@ -7,11 +7,15 @@
 //!   delivery, in each room's order.
 //! - [`inprocess::InProcessBus`] serves one node with no external services:
 //!   it mints ids per room, commits to the history store, then delivers.
+//! - [`redis_bus::RedisBus`] joins any number of nodes through Redis Streams
+//!   (one server or a Redis Cluster; connections in [`redis_conn`]).
 //!
 //! The dispatcher knows nothing of WebSockets: it moves [`Delivery`]s.
 
 pub mod inprocess;
 mod metrics;
+pub mod redis_bus;
+pub mod redis_conn;
 
 use std::sync::Arc;
 
@@ -130,11 +134,31 @@ pub trait Bus: Send + Sync + 'static {
     /// A page of history including every acknowledged message.
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError>;
 
-    /// This node has its first local member of `room`: start receiving it.
-    fn watch(&self, _room: &str) {}
+    /// A local connection joins `room`. When this returns, every message
+    /// published to the room from now on reaches the node's sink, so a
+    /// replay read afterwards leaves no gap.
+    async fn watch(&self, _room: &str) -> Result<(), BusError> {
+        Ok(())
+    }
 
-    /// This node's last local member of `room` left.
+    /// A local connection left `room` (one call per `watch`).
     fn unwatch(&self, _room: &str) {}
+
+    /// A user's presence in a room on this node began or ended.
+    async fn presence_changed(&self, _room: &str, _user: &str, _present: bool) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// The users present in a room across the cluster; `None` when the bus
+    /// knows no more than this node does.
+    async fn presence(&self, _room: &str) -> Result<Option<Vec<String>>, BusError> {
+        Ok(None)
+    }
+
+    /// The node id the bus leased, when it leases one.
+    fn node_id(&self) -> Option<&str> {
+        None
+    }
 
     /// Whether publishes can succeed now (for `/readyz`).
     fn is_ready(&self) -> bool;

@@ -2,13 +2,17 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 pub(crate) struct BusMetrics {
     pub published: Counter,
     pub publish_failures: Counter,
     pub batch_messages: Histogram,
     pub sequence_seconds: Histogram,
+    pub entries_read: Counter,
+    pub reader_errors: Counter,
+    pub readers_active: Gauge,
+    pub ready: Gauge,
 }
 
 pub(crate) fn get() -> &'static BusMetrics {
@@ -18,5 +22,9 @@ pub(crate) fn get() -> &'static BusMetrics {
         publish_failures: counter!("gateway_bus_publish_failures_total"),
         batch_messages: histogram!("gateway_bus_batch_messages"),
         sequence_seconds: histogram!("gateway_bus_batch_duration_seconds"),
+        entries_read: counter!("gateway_bus_entries_read_total"),
+        reader_errors: counter!("gateway_bus_reader_errors_total"),
+        readers_active: gauge!("gateway_bus_shard_readers"),
+        ready: gauge!("gateway_bus_ready"),
     })
 }

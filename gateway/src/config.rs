@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use dispatcher::redis_conn::Target;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +52,34 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// This node's id, unique in the cluster (presence, logs, replies).
-    #[arg(long, env = "GATEWAY_NODE_ID", default_value = "gw-0")]
-    pub node_id: String,
+    /// Unset: leased in Redis (`gw-<n>`), or `gw-0` without Redis.
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// One Redis server for the cluster bus (`redis://host:port`). Unset
+    /// (and no cluster nodes): the in-process bus of a single node.
+    #[arg(long, env = "GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// A Redis Cluster instead: some of its nodes (comma-separated URLs).
+    #[arg(long, env = "GATEWAY_REDIS_CLUSTER_NODES", value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Prefix of every Redis key, so deployments can share a Redis.
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "gw")]
+    pub redis_prefix: String,
+
+    /// Shard streams rooms are hashed onto. Every node must agree.
+    #[arg(long, env = "GATEWAY_STREAM_SHARDS", default_value_t = 16)]
+    pub stream_shards: u32,
+
+    /// Approximate entries each shard stream keeps (the recovery window).
+    #[arg(long, env = "GATEWAY_STREAM_MAXLEN", default_value_t = 100_000)]
+    pub stream_maxlen: usize,
+
+    /// Stream entries older than this are trimmed; 0 keeps by count only.
+    #[arg(long, env = "GATEWAY_STREAM_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub stream_max_age: Duration,
 
     /// Directory of the embedded history store. Never share it between nodes.
     #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "./data")]
@@ -186,6 +213,16 @@ pub struct Settings {
     /// Anonymous guests allowed (resolved from `allow_anonymous` and the listener).
     pub anonymous: bool,
     pub shards: usize,
+    /// The cluster bus's Redis, when configured.
+    pub redis: Option<Target>,
+}
+
+fn check_redis_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(url.to_string())
+    } else {
+        Err(invalid(setting, format!("{url:?} is not a redis:// URL")))
+    }
 }
 
 impl Config {
@@ -252,17 +289,35 @@ impl Config {
     /// Checks every setting and derives what `run` needs.
     pub fn validate(self) -> Result<Settings, ConfigError> {
         let c = &self;
-        if c.node_id.is_empty()
-            || c.node_id.len() > 64
-            || !c
-                .node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        if let Some(id) = &c.node_id
+            && (id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
         {
             return Err(invalid(
                 "node_id",
-                format!("{:?} must be 1 to 64 characters of [A-Za-z0-9_.-]", c.node_id),
+                format!("{id:?} must be 1 to 64 characters of [A-Za-z0-9_.-]"),
             ));
+        }
+        let redis = match (&c.redis_url, c.redis_cluster_nodes.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid("redis_url", "set redis_url or redis_cluster_nodes, not both"));
+            }
+            (Some(url), true) => Some(Target::Single(check_redis_url("redis_url", url)?)),
+            (None, false) => Some(Target::Cluster(
+                c.redis_cluster_nodes
+                    .iter()
+                    .map(|u| check_redis_url("redis_cluster_nodes", u))
+                    .collect::<Result<_, _>>()?,
+            )),
+            (None, true) => None,
+        };
+        if !(1..=1024).contains(&c.stream_shards) {
+            return Err(invalid("stream_shards", "must be from 1 to 1024"));
+        }
+        if c.stream_maxlen < 100 {
+            return Err(invalid("stream_maxlen", "must be at least 100"));
+        }
+        if c.redis_prefix.is_empty() || c.redis_prefix.contains(['{', '}', ' ']) {
+            return Err(invalid("redis_prefix", "must be non-empty, without braces or spaces"));
         }
         if !(1024..=16 << 20).contains(&c.max_frame_bytes) {
             return Err(invalid("max_frame_bytes", "must be from 1024 to 16777216"));
@@ -324,6 +379,7 @@ impl Config {
             jwt,
             anonymous,
             shards,
+            redis,
         })
     }
 
@@ -478,7 +534,7 @@ mod tests {
         .unwrap();
         let p = path.to_str().unwrap();
         let s = load(&["--config", p, "--shards", "3"]).unwrap();
-        assert_eq!(s.config.node_id, "gw-7");
+        assert_eq!(s.config.node_id.as_deref(), Some("gw-7"));
         assert_eq!(s.config.ping_interval, Duration::from_secs(3));
         assert_eq!(s.config.default_rooms, vec!["a", "b:*"]);
         assert_eq!(s.shards, 3);

@@ -581,7 +581,11 @@ impl Session {
                 if !identity.may_join(&room) {
                     return self.error(id, ErrorCode::Forbidden, &format!("not allowed to see room {room}"));
                 }
-                let users = self.node.hub.presence(&room);
+                let users: Vec<Arc<str>> = match self.node.bus.presence(&room).await {
+                    Ok(Some(users)) => users.into_iter().map(Arc::from).collect(),
+                    Ok(None) => self.node.hub.presence(&room),
+                    Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string()),
+                };
                 self.reply(
                     Obj::new("presence")
                         .id(id)
@@ -619,7 +623,7 @@ impl Session {
                     Obj::new("ok")
                         .id(id)
                         .str("user", &identity.user)
-                        .str("node", &self.settings().node_id)
+                        .str("node", &self.node.node_id)
                         .finish(),
                 );
                 self.identity = Some(identity);
@@ -653,11 +657,12 @@ impl Session {
             );
         }
         let room: Arc<str> = room.into();
-        // Membership first, then the store read: whatever the read misses
-        // is delivered live (see hub::Hub::join).
+        // Membership and bus interest first, then the replay read: whatever
+        // the read misses is delivered live (see hub::Hub::join, Bus::watch).
         let edges = self.node.hub.join(&room, &identity.user, &self.handle).await;
-        if edges.room_edge {
-            self.node.bus.watch(&room);
+        if let Err(e) = self.node.bus.watch(&room).await {
+            self.node.hub.leave(&room, &identity.user, self.handle.id);
+            return self.error(id, ErrorCode::Unavailable, &e.to_string());
         }
         self.rooms.push(Joined {
             room: room.clone(),
@@ -694,6 +699,9 @@ impl Session {
         ));
         self.handle.splice_replay(&room, floor, frames);
         if edges.user_edge {
+            if let Err(e) = self.node.bus.presence_changed(&room, &identity.user, true).await {
+                tracing::warn!(error = %e, "presence not recorded");
+            }
             let _ = self
                 .node
                 .bus
@@ -750,10 +758,16 @@ impl Session {
         let joined = self.rooms.swap_remove(pos);
         let Some(identity) = &self.identity else { return };
         let edges = self.node.hub.leave(&joined.room, &identity.user, self.handle.id);
-        if edges.room_edge {
-            self.node.bus.unwatch(&joined.room);
-        }
+        self.node.bus.unwatch(&joined.room);
         if edges.user_edge {
+            if let Err(e) = self
+                .node
+                .bus
+                .presence_changed(&joined.room, &identity.user, false)
+                .await
+            {
+                tracing::warn!(error = %e, "presence end not recorded");
+            }
             let _ = self
                 .node
                 .bus
@@ -806,6 +820,7 @@ mod tests {
                 std::sync::Arc::new(crate::hub::Router { hub: hub.clone() }),
             ));
             let node = std::sync::Arc::new(crate::Node {
+                node_id: "gw-0".into(),
                 auth: crate::auth::Authenticator::new(&settings),
                 settings,
                 hub,

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use dispatcher::Bus;
 use dispatcher::inprocess::InProcessBus;
+use dispatcher::redis_bus::{RedisBus, RedisBusConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use storage::{EmbeddedStore, HistoryStore, StorageError};
 use tokio::net::TcpListener;
@@ -38,6 +39,8 @@ pub use config::{Config, ConfigError, Settings};
 pub enum GatewayError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("starting the bus: {0}")]
+    Bus(#[from] dispatcher::BusError),
     #[error("listener {0}")]
     Listener(std::io::Error),
 }
@@ -45,6 +48,8 @@ pub enum GatewayError {
 /// What every connection and handler of one node shares.
 pub struct Node {
     pub settings: Settings,
+    /// Configured, leased in Redis, or `gw-0`.
+    pub node_id: String,
     pub auth: auth::Authenticator,
     pub hub: Arc<hub::Hub>,
     pub bus: Arc<dyn Bus>,
@@ -67,13 +72,40 @@ impl Node {
 pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), GatewayError> {
     let prometheus = metrics::install();
     let c = &settings.config;
-    let store: Arc<dyn HistoryStore> = Arc::new(EmbeddedStore::open(&c.data_dir)?);
     let hub = hub::Hub::new(settings.shards, c.outbound_queue);
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(store, Arc::new(hub::Router { hub: hub.clone() })));
+    let sink = Arc::new(hub::Router { hub: hub.clone() });
+    let (bus, node_id): (Arc<dyn Bus>, String) = match &settings.redis {
+        Some(target) => {
+            let config = RedisBusConfig {
+                target: target.clone(),
+                prefix: c.redis_prefix.clone(),
+                shards: c.stream_shards,
+                maxlen: c.stream_maxlen,
+                max_age: c.stream_max_age,
+                node_id: c.node_id.clone(),
+                read_count: 512,
+                block: Duration::from_secs(5),
+            };
+            let bus = RedisBus::connect(config, sink).await?;
+            let id = bus.node_id().to_string();
+            tracing::warn!(
+                entries_per_shard = c.stream_maxlen,
+                max_age = ?c.stream_max_age,
+                "Redis without ScyllaDB: history and recovery reach back only as far as the stream window"
+            );
+            (Arc::new(bus), id)
+        }
+        None => {
+            let store: Arc<dyn HistoryStore> = Arc::new(EmbeddedStore::open(&c.data_dir)?);
+            let id = c.node_id.clone().unwrap_or_else(|| "gw-0".into());
+            (Arc::new(InProcessBus::new(store, sink)), id)
+        }
+    };
     let addr = listener.local_addr().map_err(GatewayError::Listener)?;
     tracing::info!(
         %addr,
-        node = %c.node_id,
+        node = %node_id,
+        bus = if settings.redis.is_some() { "redis" } else { "in-process" },
         shards = settings.shards,
         anonymous = settings.anonymous,
         jwt = settings.jwt.as_ref().map(|j| format!("{:?}", j.algorithm)).unwrap_or_else(|| "off".into()),
@@ -82,6 +114,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     );
     let grace = c.shutdown_grace;
     let node = Arc::new(Node {
+        node_id,
         auth: auth::Authenticator::new(&settings),
         settings,
         hub,

@@ -1,0 +1,765 @@
+//! The Redis Streams bus: any number of gateway nodes behave as one.
+//!
+//! Rooms map to a fixed number of shard streams by a stable hash. Each
+//! shard stream key carries its own hash tag (`gw:{s7}`), so every command
+//! touches one slot and the shards spread over a Redis Cluster's masters.
+//!
+//! - Publish: `XADD` with approximate `MAXLEN` trimming on one shared
+//!   multiplexed connection, which pipelines concurrent publishes. The id
+//!   Redis gives the entry (`ms-seq`, strictly increasing per stream) is the
+//!   message id, packed into 64 bits, so every node sees one order.
+//! - Read: a node reads a shard only while it has local members of a room in
+//!   it: one task per shard with a dedicated connection (`XREAD BLOCK`),
+//!   started at the stream's last id before the first join's replay, and
+//!   resuming from the last id it read after any Redis outage.
+//! - Presence: per-room sets of `node|user`, filtered by node heartbeat
+//!   keys that expire, so a dead node's users disappear within
+//!   [`NODE_TTL`]. Node ids not given by configuration are leased there.
+//! - History and replay come from the stream window (until the CQL store
+//!   exists, that window is all a cluster keeps).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::{Script, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::redis_conn::{Conn, Pool, Target};
+use crate::{Bus, BusError, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
+
+/// A node's heartbeat key lives this long without a refresh.
+pub const NODE_TTL: Duration = Duration::from_secs(15);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A shard nobody local reads any more is kept this long, in case a member
+/// comes back (joins and leaves flap).
+const LINGER: Duration = Duration::from_secs(30);
+/// Entries scanned per range command.
+const SCAN_PAGE: usize = 1000;
+/// How long a join waits for its shard reader to be positioned.
+const POSITION_WAIT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone)]
+pub struct RedisBusConfig {
+    pub target: Target,
+    /// Key prefix, so several deployments can share one Redis.
+    pub prefix: String,
+    /// Shard streams; every node of a cluster must agree.
+    pub shards: u32,
+    /// Approximate entries kept per shard stream.
+    pub maxlen: usize,
+    /// Entries older than this are trimmed (0: by count only).
+    pub max_age: Duration,
+    /// This node's id; leased in Redis when `None`.
+    pub node_id: Option<String>,
+    /// Entries per `XREAD`.
+    pub read_count: usize,
+    /// `XREAD BLOCK` time.
+    pub block: Duration,
+}
+
+pub struct RedisBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RedisBusConfig,
+    node_id: String,
+    /// Value of this node's heartbeat key, so it only refreshes its own.
+    token: String,
+    sink: Arc<dyn Sink>,
+    pool: Pool,
+    publisher: tokio::sync::Mutex<Option<Conn>>,
+    shards: Vec<Mutex<ShardInterest>>,
+    ready: AtomicBool,
+    closed: CancellationToken,
+    tasks: TaskTracker,
+}
+
+#[derive(Default)]
+struct ShardInterest {
+    /// Local joins of rooms in this shard.
+    count: usize,
+    /// Bumped on every change to zero, so a stale linger does not stop a
+    /// reader that found members again.
+    generation: u64,
+    reader: Option<ReaderHandle>,
+}
+
+struct ReaderHandle {
+    cancel: CancellationToken,
+    positioned: watch::Receiver<bool>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// FNV-1a: stable across processes and versions, unlike `RandomState`.
+pub fn shard_of(room: &str, shards: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(shards)) as u32
+}
+
+fn parse_entry_id(id: &str) -> Option<u64> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq) = (ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?);
+    (seq <= protocol::id::SEQ_MAX).then(|| protocol::id::pack(ms, seq))
+}
+
+fn entry_id(id: u64) -> String {
+    format!("{}-{}", protocol::id::millis(id), protocol::id::seq(id))
+}
+
+fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
+    match map.get(name)? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("redis {what}: {e}"))
+}
+
+impl RedisBus {
+    /// Connects, leases a node id if none is configured, and starts the
+    /// heartbeat. Fails when Redis cannot be reached now.
+    pub async fn connect(cfg: RedisBusConfig, sink: Arc<dyn Sink>) -> Result<RedisBus, BusError> {
+        let pool = cfg.target.pool(32)?;
+        let mut conn = pool.get().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| err("PING", e))?;
+        let token = format!("{:016x}", rand::random::<u64>());
+        let node_id = match &cfg.node_id {
+            Some(id) => {
+                let key = format!("{}:node:{id}", cfg.prefix);
+                let taken: Option<String> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| err("GET", e))?;
+                if taken.is_some() {
+                    tracing::warn!(node = %id, "another live node heartbeats with this node id; ids must be unique");
+                }
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("PX")
+                    .arg(NODE_TTL.as_millis() as u64)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| err("SET", e))?;
+                id.clone()
+            }
+            None => lease_node_id(&mut conn, &cfg.prefix, &token).await?,
+        };
+        drop(conn);
+        let publisher = cfg.target.connect(Duration::from_secs(5)).await?;
+        let inner = Arc::new(Inner {
+            shards: (0..cfg.shards).map(|_| Mutex::new(ShardInterest::default())).collect(),
+            cfg,
+            node_id,
+            token,
+            sink,
+            pool,
+            publisher: tokio::sync::Mutex::new(Some(publisher)),
+            ready: AtomicBool::new(true),
+            closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        inner.tasks.spawn(heartbeat(inner.clone()));
+        Ok(RedisBus { inner })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// Shards this node reads now (tests and metrics).
+    pub fn reading_shards(&self) -> Vec<u32> {
+        (0..self.inner.cfg.shards)
+            .filter(|&s| self.inner.shards[s as usize].lock().reader.is_some())
+            .collect()
+    }
+}
+
+async fn lease_node_id(conn: &mut impl ConnectionLike, prefix: &str, token: &str) -> Result<String, BusError> {
+    for n in 0..4096 {
+        let id = format!("gw-{n}");
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(format!("{prefix}:node:{id}"))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(NODE_TTL.as_millis() as u64)
+            .query_async(conn)
+            .await
+            .map_err(|e| err("SET NX", e))?;
+        if ok.is_some() {
+            tracing::info!(node = %id, "leased node id");
+            return Ok(id);
+        }
+    }
+    Err(BusError::Unavailable("no free node id among gw-0..gw-4095".into()))
+}
+
+/// Readiness ping every second, node key refresh, and age trimming.
+async fn heartbeat(inner: Arc<Inner>) {
+    let refresh = Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+         elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 else return 0 end",
+    );
+    let key = format!("{}:node:{}", inner.cfg.prefix, inner.node_id);
+    let mut tick = 0u64;
+    loop {
+        tokio::select! {
+            _ = inner.closed.cancelled() => break,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        tick += 1;
+        let ok = async {
+            let mut conn = inner.pool.get().await?;
+            let r: i64 = refresh
+                .key(&key)
+                .arg(&inner.token)
+                .arg(NODE_TTL.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| err("heartbeat", e))?;
+            if r == 0 {
+                tracing::error!(node = %inner.node_id, "another process holds this node's id");
+            }
+            if tick.is_multiple_of(60) && !inner.cfg.max_age.is_zero() {
+                let min = now_ms().saturating_sub(inner.cfg.max_age.as_millis() as u64);
+                for shard in 0..inner.cfg.shards {
+                    redis::cmd("XTRIM")
+                        .arg(inner.key(shard))
+                        .arg("MINID")
+                        .arg("~")
+                        .arg(format!("{min}-0"))
+                        .query_async::<i64>(&mut conn)
+                        .await
+                        .map_err(|e| err("XTRIM", e))?;
+                }
+            }
+            Ok::<_, BusError>(())
+        }
+        .await;
+        let was = inner.ready.swap(ok.is_ok(), Ordering::Relaxed);
+        crate::metrics::get().ready.set(if ok.is_ok() { 1.0 } else { 0.0 });
+        match ok {
+            Ok(()) if !was => tracing::info!("redis reachable again"),
+            Err(e) if was => tracing::warn!(error = %e, "redis unreachable"),
+            _ => {}
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self, shard: u32) -> String {
+        format!("{}:{{s{shard}}}", self.cfg.prefix)
+    }
+
+    fn room_key(&self, room: &str) -> String {
+        self.key(shard_of(room, self.cfg.shards))
+    }
+
+    fn presence_key(&self, room: &str) -> String {
+        format!("{}:presence:{{{room}}}", self.cfg.prefix)
+    }
+
+    async fn publisher(&self) -> Result<Conn, BusError> {
+        let mut slot = self.publisher.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self.cfg.target.connect(Duration::from_secs(5)).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn xadd(&self, room: &str, fields: &[(&str, &str)]) -> Result<u64, BusError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.room_key(room))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.cfg.maxlen)
+            .arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        let mut conn = self.publisher().await?;
+        match cmd.query_async::<String>(&mut conn).await {
+            Ok(id) => parse_entry_id(&id).ok_or_else(|| err("XADD", format!("unexpected entry id {id:?}"))),
+            Err(e) => {
+                // Reconnect on the next publish; the multiplexed connection
+                // may be dead.
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    *self.publisher.lock().await = None;
+                }
+                Err(err("XADD", e))
+            }
+        }
+    }
+
+    fn to_delivery(&self, entry: &StreamId) -> Option<Delivery> {
+        let id = parse_entry_id(&entry.id)?;
+        let room: Arc<str> = field(&entry.map, "r")?.into();
+        let from = field(&entry.map, "f")?;
+        let kind = field(&entry.map, "k")?;
+        Some(match kind.as_str() {
+            "m" | "e" => Delivery::Message {
+                msg: Arc::new(StoredMessage {
+                    room: room.to_string(),
+                    id,
+                    from,
+                    ts: protocol::id::millis(id),
+                    body: field(&entry.map, "b")?,
+                }),
+                ephemeral: kind == "e",
+            },
+            "j" | "l" | "t" => {
+                let origin = field(&entry.map, "o").and_then(|o| {
+                    let (node, conn) = o.rsplit_once('/')?;
+                    (node == self.node_id).then(|| conn.parse().ok()).flatten()
+                });
+                let kind = match kind.as_str() {
+                    "j" => EventKind::Joined,
+                    "l" => EventKind::Left,
+                    _ => EventKind::Typing,
+                };
+                Delivery::Event {
+                    room,
+                    kind,
+                    user: from.into(),
+                    origin,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// Stored (`m`) entries of `room` in one range page.
+    fn room_messages(&self, room: &str, entries: &[StreamId], out: &mut Vec<StoredMessage>) {
+        for e in entries {
+            if field(&e.map, "r").as_deref() != Some(room) || field(&e.map, "k").as_deref() != Some("m") {
+                continue;
+            }
+            if let Some(Delivery::Message { msg, .. }) = self.to_delivery(e) {
+                out.push(Arc::unwrap_or_clone(msg));
+            }
+        }
+    }
+
+    /// The stream's last generated id and the highest id ever trimmed or
+    /// deleted (`None` for a stream that does not exist).
+    async fn stream_info(&self, conn: &mut impl ConnectionLike, key: &str) -> Result<Option<(String, u64)>, BusError> {
+        let reply: Result<Value, _> = redis::cmd("XINFO").arg("STREAM").arg(key).query_async(conn).await;
+        let value = match reply {
+            Ok(v) => v,
+            Err(e) if e.to_string().contains("no such key") => return Ok(None),
+            Err(e) => return Err(err("XINFO", e)),
+        };
+        let pairs: Vec<(String, Value)> = match value {
+            Value::Array(items) => items
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [Value::BulkString(k), v] => Some((String::from_utf8_lossy(k).into_owned(), v.clone())),
+                    [Value::SimpleString(k), v] => Some((k.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(items) => items
+                .into_iter()
+                .filter_map(|(k, v)| redis::from_redis_value::<String>(k).ok().map(|k| (k, v)))
+                .collect(),
+            other => return Err(err("XINFO", format!("unexpected reply {other:?}"))),
+        };
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok())
+        };
+        let last = get("last-generated-id").unwrap_or_else(|| "0-0".into());
+        let max_deleted = get("max-deleted-entry-id")
+            .and_then(|id| parse_entry_id(&id))
+            .unwrap_or(0);
+        Ok(Some((last, max_deleted)))
+    }
+
+    async fn range(
+        &self,
+        conn: &mut impl ConnectionLike,
+        rev: bool,
+        key: &str,
+        start: &str,
+        end: &str,
+    ) -> Result<Vec<StreamId>, BusError> {
+        let cmd_name = if rev { "XREVRANGE" } else { "XRANGE" };
+        let reply: StreamRangeReply = redis::cmd(cmd_name)
+            .arg(key)
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(SCAN_PAGE)
+            .query_async(conn)
+            .await
+            .map_err(|e| err(cmd_name, e))?;
+        Ok(reply.ids)
+    }
+
+    /// Up to `limit` stored messages of `room` after `after` (exclusive),
+    /// ascending; `limit + 1` found means there are more.
+    async fn scan_forward(&self, room: &str, after: u64, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
+        let key = self.room_key(room);
+        let mut conn = self.pool.get().await?;
+        let mut out = Vec::new();
+        let mut cursor = format!("({}", entry_id(after));
+        loop {
+            let page = self.range(&mut conn, false, &key, &cursor, "+").await?;
+            let Some(last) = page.last() else { break };
+            cursor = format!("({}", last.id);
+            self.room_messages(room, &page, &mut out);
+            if out.len() > limit || page.len() < SCAN_PAGE {
+                break;
+            }
+        }
+        out.truncate(limit + 1);
+        Ok(out)
+    }
+
+    /// Up to `limit` stored messages of `room` before `before` (exclusive,
+    /// `None`: the newest), ascending.
+    async fn scan_backward(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, BusError> {
+        let key = self.room_key(room);
+        let mut conn = self.pool.get().await?;
+        let mut out = Vec::new();
+        let mut cursor = match before {
+            Some(0) => return Ok(out),
+            Some(b) => format!("({}", entry_id(b)),
+            None => "+".to_string(),
+        };
+        loop {
+            let page = self.range(&mut conn, true, &key, &cursor, "-").await?;
+            let Some(last) = page.last() else { break };
+            cursor = format!("({}", last.id);
+            self.room_messages(room, &page, &mut out);
+            if out.len() >= limit || page.len() < SCAN_PAGE {
+                break;
+            }
+        }
+        out.truncate(limit);
+        out.reverse();
+        Ok(out)
+    }
+
+    fn start_reader(self: &Arc<Self>, shard: u32) -> ReaderHandle {
+        let cancel = self.closed.child_token();
+        let (tx, rx) = watch::channel(false);
+        self.tasks.spawn(read_shard(self.clone(), shard, cancel.clone(), tx));
+        ReaderHandle { cancel, positioned: rx }
+    }
+}
+
+/// Reads one shard stream until cancelled, resuming from the last entry it
+/// read after every error.
+async fn read_shard(inner: Arc<Inner>, shard: u32, cancel: CancellationToken, positioned: watch::Sender<bool>) {
+    let m = crate::metrics::get();
+    m.readers_active.increment(1.0);
+    let key = inner.key(shard);
+    let mut last: Option<String> = None;
+    let mut conn: Option<Conn> = None;
+    let mut backoff = Duration::from_millis(50);
+    while !cancel.is_cancelled() {
+        let step = async {
+            let c = match &mut conn {
+                Some(c) => c,
+                None => conn.insert(
+                    inner
+                        .cfg
+                        .target
+                        .connect(inner.cfg.block + Duration::from_secs(5))
+                        .await?,
+                ),
+            };
+            let from = match &last {
+                Some(id) => id.clone(),
+                None => {
+                    let id = inner
+                        .stream_info(c, &key)
+                        .await?
+                        .map(|(last, _)| last)
+                        .unwrap_or_else(|| "0-0".into());
+                    last = Some(id.clone());
+                    let _ = positioned.send(true);
+                    id
+                }
+            };
+            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(inner.cfg.read_count)
+                .arg("BLOCK")
+                .arg(inner.cfg.block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(&from)
+                .query_async(c)
+                .await
+                .map_err(|e| err("XREAD", e))?;
+            let entries: Vec<StreamId> = reply
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                .unwrap_or_default();
+            if let Some(e) = entries.last() {
+                last = Some(e.id.clone());
+            }
+            m.entries_read.increment(entries.len() as u64);
+            let batch: Vec<Delivery> = entries.iter().filter_map(|e| inner.to_delivery(e)).collect();
+            if !batch.is_empty() {
+                inner.sink.deliver(batch);
+            }
+            Ok::<_, BusError>(())
+        };
+        let result = tokio::select! {
+            r = step => r,
+            _ = cancel.cancelled() => break,
+        };
+        match result {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                m.reader_errors.increment(1);
+                tracing::warn!(shard, error = %e, "shard reader: will resume from its last entry");
+                conn = None;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    m.readers_active.decrement(1.0);
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, msg: NewMessage) -> Result<Published, BusError> {
+        let kind = if msg.ephemeral { "e" } else { "m" };
+        let fields = [
+            ("r", &*msg.room),
+            ("f", &*msg.from),
+            ("k", kind),
+            ("b", msg.body.as_str()),
+        ];
+        let m = crate::metrics::get();
+        match self.inner.xadd(&msg.room, &fields).await {
+            Ok(id) => {
+                m.published.increment(1);
+                Ok(Published {
+                    id,
+                    ts: protocol::id::millis(id),
+                })
+            }
+            Err(e) => {
+                m.publish_failures.increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    async fn publish_event(
+        &self,
+        room: Arc<str>,
+        kind: EventKind,
+        user: Arc<str>,
+        origin: Option<u64>,
+    ) -> Result<(), BusError> {
+        let k = match kind {
+            EventKind::Joined => "j",
+            EventKind::Left => "l",
+            EventKind::Typing => "t",
+        };
+        let origin = origin
+            .map(|o| format!("{}/{o}", self.inner.node_id))
+            .unwrap_or_default();
+        let mut fields = vec![("r", &*room), ("f", &*user), ("k", k)];
+        if !origin.is_empty() {
+            fields.push(("o", origin.as_str()));
+        }
+        self.inner.xadd(&room, &fields).await.map(|_| ())
+    }
+
+    async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
+        let mut conn = self.inner.pool.get().await?;
+        let info = self.inner.stream_info(&mut conn, &self.inner.room_key(room)).await?;
+        drop(conn);
+        // Entries after `since` were trimmed: the window cannot close the gap.
+        if info.is_some_and(|(_, max_deleted)| max_deleted > since) {
+            return Ok(Replay {
+                messages: Vec::new(),
+                complete: false,
+            });
+        }
+        let mut messages = self.inner.scan_forward(room, since, limit).await?;
+        let complete = messages.len() <= limit;
+        messages.truncate(limit);
+        Ok(Replay { messages, complete })
+    }
+
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
+        match page {
+            Page::Newest => self.inner.scan_backward(room, None, limit).await,
+            Page::Before(b) => self.inner.scan_backward(room, Some(b), limit).await,
+            Page::After(a) => {
+                let mut out = self.inner.scan_forward(room, a, limit).await?;
+                out.truncate(limit);
+                Ok(out)
+            }
+        }
+    }
+
+    async fn watch(&self, room: &str) -> Result<(), BusError> {
+        let shard = shard_of(room, self.inner.cfg.shards);
+        let mut positioned = {
+            let mut s = self.inner.shards[shard as usize].lock();
+            s.count += 1;
+            if s.reader.is_none() {
+                s.reader = Some(self.inner.start_reader(shard));
+            }
+            s.reader.as_ref().expect("just set").positioned.clone()
+        };
+        match tokio::time::timeout(POSITION_WAIT, positioned.wait_for(|p| *p)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                self.unwatch(room);
+                Err(BusError::Unavailable(
+                    "redis: the room's stream cannot be read now".into(),
+                ))
+            }
+        }
+    }
+
+    fn unwatch(&self, room: &str) {
+        let shard = shard_of(room, self.inner.cfg.shards);
+        let generation = {
+            let mut s = self.inner.shards[shard as usize].lock();
+            s.count = s.count.saturating_sub(1);
+            if s.count > 0 {
+                return;
+            }
+            s.generation += 1;
+            s.generation
+        };
+        let inner = self.inner.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = inner.closed.cancelled() => return,
+            }
+            let mut s = inner.shards[shard as usize].lock();
+            if s.count == 0
+                && s.generation == generation
+                && let Some(r) = s.reader.take()
+            {
+                r.cancel.cancel();
+            }
+        });
+    }
+
+    async fn presence_changed(&self, room: &str, user: &str, present: bool) -> Result<(), BusError> {
+        let mut conn = self.inner.pool.get().await?;
+        let member = format!("{}|{user}", self.inner.node_id);
+        let cmd = if present { "SADD" } else { "SREM" };
+        redis::cmd(cmd)
+            .arg(self.inner.presence_key(room))
+            .arg(member)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| err(cmd, e))?;
+        Ok(())
+    }
+
+    async fn presence(&self, room: &str) -> Result<Option<Vec<String>>, BusError> {
+        let key = self.inner.presence_key(room);
+        let mut conn = self.inner.pool.get().await?;
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| err("SMEMBERS", e))?;
+        let mut alive: HashMap<&str, bool> = HashMap::new();
+        let mut users = Vec::new();
+        let mut dead = Vec::new();
+        for m in &members {
+            let Some((node, user)) = m.split_once('|') else {
+                continue;
+            };
+            let live = match alive.get(node) {
+                Some(&l) => l,
+                None => {
+                    let l: bool = redis::cmd("EXISTS")
+                        .arg(format!("{}:node:{node}", self.inner.cfg.prefix))
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| err("EXISTS", e))?;
+                    alive.insert(node, l);
+                    l
+                }
+            };
+            if live {
+                users.push(user.to_string());
+            } else {
+                dead.push(m.clone());
+            }
+        }
+        if !dead.is_empty() {
+            // A dead node's entries: drop them for everyone.
+            let _: Result<i64, _> = redis::cmd("SREM").arg(&key).arg(&dead).query_async(&mut conn).await;
+        }
+        users.sort();
+        users.dedup();
+        Ok(Some(users))
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        Some(&self.inner.node_id)
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.inner.closed.is_cancelled() && self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        self.inner.closed.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        // Leave presence at once instead of waiting for the key to expire.
+        if let Ok(mut conn) = self.inner.pool.get().await {
+            let key = format!("{}:node:{}", self.inner.cfg.prefix, self.inner.node_id);
+            let _: Result<i64, _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+        }
+    }
+}
