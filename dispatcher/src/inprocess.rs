@@ -41,6 +41,7 @@ impl InProcessBus {
             store: store.clone(),
             sink: sink.clone(),
             last: HashMap::new(),
+            forgotten_floor: 0,
         };
         let handle = tokio::spawn(seq.run(rx));
         InProcessBus {
@@ -63,6 +64,10 @@ struct Sequencer {
     store: Arc<dyn HistoryStore>,
     sink: Arc<dyn Sink>,
     last: HashMap<Arc<str>, u64>,
+    /// The highest id issued when `last` was last cleared: a forgotten
+    /// room's next id stays above it, even if its newest id was ephemeral
+    /// (never stored).
+    forgotten_floor: u64,
 }
 
 impl Sequencer {
@@ -82,9 +87,10 @@ impl Sequencer {
             return Ok(id);
         }
         if self.last.len() >= MAX_CACHED_ROOMS {
+            self.forgotten_floor = self.last.values().copied().max().unwrap_or(0).max(self.forgotten_floor);
             self.last.clear();
         }
-        let id = self.store.last_id(room).await?.unwrap_or(0);
+        let id = self.store.last_id(room).await?.unwrap_or(0).max(self.forgotten_floor);
         self.last.insert(room.clone(), id);
         Ok(id)
     }
@@ -118,7 +124,16 @@ impl Sequencer {
             .filter(|(_, eph, _)| !eph)
             .map(|(s, _, _)| (**s).clone())
             .collect();
-        if let Err(e) = self.store.append(durable).await {
+        let appended = match self.store.append(durable).await {
+            // One sequencer mints every id, so a conflict means the store was
+            // written by someone else: refuse rather than acknowledge it.
+            Ok(report) if !report.conflicts.is_empty() => Err(storage::StorageError::Embedded {
+                op: "append",
+                detail: format!("id conflicts: {:?}", report.conflicts),
+            }),
+            other => other,
+        };
+        if let Err(e) = appended {
             // Not durable: nobody gets it and nobody is told it was sent.
             tracing::error!(error = %e, "history append failed; publishes refused");
             m.publish_failures.increment(minted.len() as u64);

@@ -163,6 +163,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SEND_BURST", default_value_t = 100)]
     pub send_burst: u32,
 
+    /// Sustained `join`/`leave`/`history`/`presence` rate per connection, per second.
+    #[arg(long, env = "GATEWAY_REQUEST_RATE", default_value_t = 20.0)]
+    pub request_rate: f64,
+
+    /// Burst of `join`/`leave`/`history`/`presence` above the sustained rate
+    /// (room joins at connect time count here).
+    #[arg(long, env = "GATEWAY_REQUEST_BURST", default_value_t = 300)]
+    pub request_burst: u32,
+
     /// A client that keeps exceeding the rate this long is closed with 4029.
     #[arg(long, env = "GATEWAY_RATE_LIMIT_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub rate_limit_grace: Duration,
@@ -345,6 +354,12 @@ impl Config {
         }
         if !(c.send_rate.is_finite() && c.send_rate > 0.0) || c.send_burst == 0 {
             return Err(invalid("send_rate", "send_rate and send_burst must be more than 0"));
+        }
+        if !(c.request_rate.is_finite() && c.request_rate > 0.0) || c.request_burst == 0 {
+            return Err(invalid(
+                "request_rate",
+                "request_rate and request_burst must be more than 0",
+            ));
         }
         if c.default_rooms.iter().any(|p| p.is_empty()) {
             return Err(invalid("default_rooms", "empty pattern"));

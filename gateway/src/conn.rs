@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use protocol::encode::{MsgView, Obj, error_reply, history_reply, msg_event};
 use protocol::request::HistoryPage;
 use protocol::{ErrorCode, Request, close};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -38,10 +38,53 @@ use crate::ws::{self, CountingIo, FrameTracker};
 
 /// Frames written in one vectored write.
 const MAX_IOV: usize = 64;
+/// Frames one read burst handles before it pauses at a frame boundary.
+const MAX_BURST_FRAMES: u64 = 64;
+/// Most unread client bytes drained after a close frame.
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 /// Time allowed to write the last frames and the close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the close frame, unread client data is drained until this long
+/// passes without any.
+const CLOSE_QUIET: Duration = Duration::from_millis(100);
 /// Window over which bad frames are counted.
 const BAD_FRAME_WINDOW: Duration = Duration::from_secs(60);
+/// Unwritten replies above which no more requests are read (TCP then
+/// pushes back on a client that sends but does not read).
+const OWN_HIGH_WATER: usize = 256 << 10;
+/// Unwritten replies above which the client is closed as a slow consumer
+/// (one read burst can hold many requests).
+const OWN_HARD_CAP: usize = 64 << 20;
+
+/// A token bucket: `rate` per second, up to `burst`.
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: u32, now: Instant) -> Bucket {
+        Bucket {
+            tokens: f64::from(burst),
+            refilled: now,
+            rate,
+            burst: f64::from(burst),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// How a connection ends.
 enum End {
@@ -69,8 +112,10 @@ struct Session {
     fragments: Option<Vec<u8>>,
     bad_frames: u32,
     bad_window: Instant,
-    tokens: f64,
-    refilled: Instant,
+    /// `send` and `typing`.
+    send_bucket: Bucket,
+    /// `join`, `leave`, `history`, `presence`.
+    request_bucket: Bucket,
     limited_since: Option<Instant>,
     end: Option<End>,
 }
@@ -91,8 +136,12 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: 
         fragments: None,
         bad_frames: 0,
         bad_window: now,
-        tokens: f64::from(node.settings.config.send_burst),
-        refilled: now,
+        send_bucket: Bucket::new(node.settings.config.send_rate, node.settings.config.send_burst, now),
+        request_bucket: Bucket::new(
+            node.settings.config.request_rate,
+            node.settings.config.request_burst,
+            now,
+        ),
         limited_since: None,
         identity: None,
         rooms: Vec::new(),
@@ -118,7 +167,9 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: 
             // go out first; a slow consumer's backlog is what it could not
             // take, so it is dropped.
             let flush_queue = code != close::SLOW_CONSUMER;
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_socket(&mut tcp, &s, code, reason, flush_queue)).await;
+            // Boxed: its read buffer must not be part of every idle task.
+            let closing = Box::pin(close_socket(&mut tcp, &s, code, reason, flush_queue));
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
         }
         End::Drop(why) => {
             metrics::connection_closed("dropped");
@@ -162,15 +213,15 @@ async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> End {
             }
             continue;
         }
-        let wants_write = {
+        let (wants_write, may_read) = {
             let q = s.handle.queue.lock();
-            !q.items.is_empty()
+            (!q.items.is_empty(), q.own_bytes < OWN_HIGH_WATER)
         };
         let deadline = s.next_deadline();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return End::Close(close::GOING_AWAY, "node draining"),
-            ready = tcp.readable() => {
+            ready = tcp.readable(), if may_read => {
                 if ready.is_err() {
                     return End::Drop("socket error");
                 }
@@ -240,7 +291,11 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
     ws.set_auto_pong(false);
     // fastwebsockets refuses a frame whose length is >= this.
     ws.set_max_message_size(s.node.settings.config.max_frame_bytes + 1);
-    let stall = s.node.settings.config.ping_interval * 2;
+    let mut stall = s.node.settings.config.ping_interval * 2;
+    if s.identity.is_none() {
+        // Before auth, nothing may hold the connection past the deadline.
+        stall = stall.min(s.auth_deadline.saturating_duration_since(Instant::now()));
+    }
     let shutdown = s.node.shutdown.clone();
     let mut returned = 0u64;
     loop {
@@ -260,7 +315,20 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
         if s.end.is_some() {
             return Ok(());
         }
-        let t = tracker.lock();
+        let (has_output, own_bytes) = {
+            let q = s.handle.queue.lock();
+            (!q.items.is_empty(), q.own_bytes)
+        };
+        if own_bytes > OWN_HARD_CAP {
+            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: replies not read"));
+        }
+        let mut t = tracker.lock();
+        // With output waiting (or after a long run of frames), stop at the
+        // next frame boundary so the main loop writes, and applies its
+        // read backpressure, before reading more.
+        if has_output || returned >= MAX_BURST_FRAMES {
+            t.pausing = true;
+        }
         if t.at_boundary() && t.completed == returned {
             return Ok(());
         }
@@ -297,8 +365,9 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
             offset = q.front_offset;
             while batch.len() < MAX_IOV {
                 let Some(item) = q.items.pop_front() else { break };
-                if item.is_delivery() {
-                    q.deliveries -= 1;
+                match &item {
+                    Out::Shared(_) => q.deliveries -= 1,
+                    Out::Own(b) => q.own_bytes -= b.len(),
                 }
                 // A partly written frame must be finished whatever happened since.
                 if (batch.is_empty() && offset > 0) || s.wants(&item) {
@@ -342,8 +411,9 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
             let mut q = s.handle.queue.lock();
             q.front_offset = offset;
             for item in batch.drain(done..).rev() {
-                if item.is_delivery() {
-                    q.deliveries += 1;
+                match &item {
+                    Out::Shared(_) => q.deliveries += 1,
+                    Out::Own(b) => q.own_bytes += b.len(),
                 }
                 q.items.push_front(item);
             }
@@ -374,6 +444,7 @@ async fn close_socket(tcp: &mut TcpStream, s: &Session, code: u16, reason: &str,
                 .flatten();
             q.items.clear();
             q.deliveries = 0;
+            q.own_bytes = 0;
             q.front_offset = 0;
             rest
         };
@@ -382,7 +453,19 @@ async fn close_socket(tcp: &mut TcpStream, s: &Session, code: u16, reason: &str,
         }
     }
     tcp.write_all(&ws::close_frame(code, reason)).await?;
-    tcp.shutdown().await
+    tcp.shutdown().await?;
+    // Read what the client still has in flight: closing a socket with
+    // unread data makes the kernel reset it, and the close frame would be
+    // lost. Stop at EOF or once the client goes quiet.
+    let mut sink = [0u8; 2048];
+    let mut drained = 0;
+    while let Ok(Ok(n)) = tokio::time::timeout(CLOSE_QUIET, tcp.read(&mut sink)).await {
+        drained += n;
+        if n == 0 || drained > CLOSE_DRAIN_BYTES {
+            break;
+        }
+    }
+    Ok(())
 }
 
 impl Session {
@@ -419,6 +502,8 @@ impl Session {
     fn wants(&self, item: &Out) -> bool {
         match item {
             Out::Own(_) => true,
+            // Messages at or below the floor were replayed (or, ephemeral,
+            // would now arrive out of order); events always go.
             Out::Shared(o) => match self.joined(&o.room) {
                 Some(j) => o.msg_id == 0 || o.msg_id > j.floor,
                 None => false,
@@ -452,21 +537,22 @@ impl Session {
         }
     }
 
-    /// Token bucket for `send` and `typing`. A client that stays over the
-    /// rate for the grace period is closed with 4029.
-    fn rate_ok(&mut self) -> bool {
+    /// Charges one request to `send` (`send`/`typing`) or the request
+    /// bucket. A client that stays over a rate for the grace period is
+    /// closed with 4029.
+    fn rate_ok(&mut self, send: bool) -> bool {
         let now = Instant::now();
-        let c = self.settings();
-        let (rate, burst, grace) = (c.send_rate, f64::from(c.send_burst), c.rate_limit_grace);
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let bucket = if send {
+            &mut self.send_bucket
+        } else {
+            &mut self.request_bucket
+        };
+        if bucket.take(now) {
             self.limited_since = None;
             return true;
         }
         let since = *self.limited_since.get_or_insert(now);
-        if now.duration_since(since) >= grace {
+        if now.duration_since(since) >= self.settings().rate_limit_grace {
             self.end = Some(End::Close(close::RATE_LIMITED, "rate limited too long"));
         }
         false
@@ -518,7 +604,8 @@ impl Session {
             OpCode::Pong => {}
             OpCode::Close => {
                 let code = match frame.payload.get(..2) {
-                    None => 1000,
+                    None if frame.payload.is_empty() => 1000,
+                    None => close::PROTOCOL_ERROR,
                     Some(b) => {
                         let code = u16::from_be_bytes([b[0], b[1]]);
                         if CloseCode::from(code).is_allowed() {
@@ -551,6 +638,13 @@ impl Session {
             }
             return;
         };
+        let costly = matches!(
+            req,
+            Request::Join { .. } | Request::Leave { .. } | Request::History { .. } | Request::Presence { .. }
+        );
+        if costly && !self.rate_ok(false) {
+            return self.error(id, ErrorCode::RateLimited, "too many requests; slow down");
+        }
         match req {
             Request::Auth { .. } => self.error(id, ErrorCode::BadRequest, "already authenticated"),
             Request::Join { room, since } => self.on_join(id, &identity, room, since).await,
@@ -599,7 +693,7 @@ impl Session {
                     return self.error(id, ErrorCode::Forbidden, &format!("join {room} before typing in it"));
                 };
                 let room = joined.room.clone();
-                if !self.rate_ok() {
+                if !self.rate_ok(true) {
                     return self.error(id, ErrorCode::RateLimited, "too many messages; slow down");
                 }
                 let origin = Some(self.handle.id);
@@ -638,6 +732,11 @@ impl Session {
     async fn on_join(&mut self, id: Option<i64>, identity: &Identity, room: String, since: Option<u64>) {
         if !identity.may_join(&room) {
             return self.error(id, ErrorCode::Forbidden, &format!("not allowed to join room {room}"));
+        }
+        // Ids are time-based: one from the future was never sent, and as a
+        // floor it would hide every live message.
+        if since.is_some_and(|s| protocol::id::millis(s) > now_ms() + 60_000) {
+            return self.error(id, ErrorCode::BadRequest, "\"since\" is not an id this server sent");
         }
         if self.joined(&room).is_some() {
             return self.reply(
@@ -723,7 +822,7 @@ impl Session {
                 &format!("body is {} bytes; the limit is {max}", body.len()),
             );
         }
-        if !self.rate_ok() {
+        if !self.rate_ok(true) {
             return self.error(id, ErrorCode::RateLimited, "too many messages; slow down");
         }
         let started = Instant::now();
@@ -782,6 +881,13 @@ impl Session {
             self.leave(&room).await;
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn view(m: &dispatcher::StoredMessage) -> MsgView<'_> {

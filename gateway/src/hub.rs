@@ -28,7 +28,8 @@ use crate::ws;
 /// One encoded delivery shared by every member connection of the node.
 pub struct Outgoing {
     pub room: Arc<str>,
-    /// The id of a stored message (replay de-duplication), else 0.
+    /// The id of a `msg` event (stored or ephemeral), else 0 (presence
+    /// and typing events), for ordering against a replay.
     pub msg_id: u64,
     /// A connection that must not get it (its own `typing`), else 0.
     pub skip_conn: u64,
@@ -60,9 +61,11 @@ pub struct Queue {
     pub items: VecDeque<Out>,
     /// Bytes of the front item already written to the socket.
     pub front_offset: usize,
-    /// `Out::Shared` items in `items`: what the slow-consumer bound counts
-    /// (replies and replays are bounded by the client's own requests).
+    /// `Out::Shared` items in `items`: what the slow-consumer bound counts.
     pub deliveries: usize,
+    /// Bytes of `Out::Own` items (replies, replays, control frames): the
+    /// connection stops reading requests while these pile up unread.
+    pub own_bytes: usize,
     /// Set when a delivery found the queue full: the connection is a slow
     /// consumer and must close with 4008.
     pub overflowed: bool,
@@ -110,6 +113,7 @@ impl ConnHandle {
             return;
         }
         let was_empty = q.items.is_empty();
+        q.own_bytes += frame.len();
         q.items.push_back(Out::Own(frame));
         drop(q);
         if was_empty {
@@ -119,8 +123,9 @@ impl ConnHandle {
 
     /// After a replay: queue `frames` (the replayed messages and the `ok`)
     /// ahead of the room's live messages already queued above `floor`, and
-    /// drop the queued ones at or below it, so the client sees the room in
-    /// order with no duplicate. A partly written front frame stays first.
+    /// drop the queued ones at or below it (stored ones are in the replay; an
+    /// ephemeral one there would arrive out of order), so the client sees
+    /// the room in ascending order with no duplicate. A partly written front frame stays first.
     pub fn splice_replay(&self, room: &str, floor: u64, frames: Vec<Bytes>) {
         let mut q = self.queue.lock();
         let was_empty = q.items.is_empty();
@@ -137,6 +142,7 @@ impl ConnHandle {
                 _ => kept.push_back(item),
             }
         }
+        q.own_bytes += frames.iter().map(Bytes::len).sum::<usize>();
         kept.extend(frames.into_iter().map(Out::Own));
         kept.extend(live);
         q.deliveries = kept.iter().filter(|o| o.is_delivery()).count();
@@ -157,6 +163,7 @@ impl ConnHandle {
         q.closed = true;
         q.items = VecDeque::new();
         q.deliveries = 0;
+        q.own_bytes = 0;
     }
 }
 
@@ -378,9 +385,9 @@ impl Sink for Router {
                 continue;
             }
             let out = Arc::new(match &d {
-                Delivery::Message { msg, ephemeral } => Outgoing {
+                Delivery::Message { msg, .. } => Outgoing {
                     room: Arc::from(msg.room.as_str()),
-                    msg_id: if *ephemeral { 0 } else { msg.id },
+                    msg_id: msg.id,
                     skip_conn: 0,
                     frame: ws::text_frame(&msg_event(MsgView {
                         room: &msg.room,

@@ -65,6 +65,9 @@ pub struct FrameTracker {
     remaining: u64,
     /// Frames whose last byte has been seen.
     pub completed: u64,
+    /// Read no further than the end of the current frame, so the burst can
+    /// stop at a frame boundary.
+    pub pausing: bool,
 }
 
 impl FrameTracker {
@@ -113,6 +116,26 @@ impl FrameTracker {
     pub fn at_boundary(&self) -> bool {
         self.head_len == 0 && self.remaining == 0
     }
+
+    /// Most bytes that can be read without crossing into the next frame
+    /// (0 at a boundary).
+    pub fn to_boundary(&self) -> usize {
+        if self.remaining > 0 {
+            return usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        }
+        if self.head_len == 0 {
+            return 0;
+        }
+        if self.head_len < 2 {
+            return 2 - self.head_len;
+        }
+        let ext = match self.head[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + ext + if self.head[1] & 0x80 != 0 { 4 } else { 0 } - self.head_len
+    }
 }
 
 /// The read side handed to fastwebsockets for one burst: bytes hyper read
@@ -132,6 +155,21 @@ impl AsyncRead for CountingIo<'_> {
             buf.put_slice(&this.prefix[..n]);
             this.tracker.lock().feed(&this.prefix[..n]);
             this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let limit = {
+            let t = this.tracker.lock();
+            if t.pausing { t.to_boundary().max(1) } else { usize::MAX }
+        };
+        if limit < buf.remaining() {
+            // Read into a narrower window so no byte of the next frame comes in.
+            let mut narrow = buf.take(limit);
+            ready!(Pin::new(&mut *this.tcp).poll_read(cx, &mut narrow))?;
+            let n = narrow.filled().len();
+            this.tracker.lock().feed(narrow.filled());
+            // SAFETY: `narrow` wrote and initialised these `n` bytes of `buf`.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -196,6 +234,24 @@ mod tests {
         t.feed(&stream[..stream.len() - 1]);
         assert_eq!(t.completed, 5);
         assert!(!t.at_boundary());
+        assert_eq!(t.to_boundary(), 1);
+    }
+
+    #[test]
+    fn to_boundary_never_crosses_into_the_next_frame() {
+        let frame = client_frame(300, true); // 2 + 2 + 4 header bytes
+        let mut t = FrameTracker::default();
+        assert_eq!(t.to_boundary(), 0);
+        t.feed(&frame[..1]);
+        assert_eq!(t.to_boundary(), 1);
+        t.feed(&frame[1..2]);
+        assert_eq!(t.to_boundary(), 6);
+        t.feed(&frame[2..8]);
+        assert_eq!(t.to_boundary(), 300);
+        t.feed(&frame[8..100]);
+        assert_eq!(t.to_boundary(), 208);
+        t.feed(&frame[100..]);
+        assert_eq!((t.to_boundary(), t.completed), (0, 1));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -631,4 +632,105 @@ async fn garbage_after_the_upgrade_never_harms_the_node() {
     let mut ok = node.guest().await;
     ok.join("still-here").await;
     ok.send_msg("still-here", json!("fine")).await;
+}
+
+#[tokio::test]
+async fn a_large_oversize_frame_still_gets_its_1009() {
+    // Much more than one read: unread data must not turn the close into a reset.
+    let node = TestNode::start(&["--max-frame-bytes", "4096", "--max-body-bytes", "1000"]).await;
+    let mut c = node.guest().await;
+    let _ = c.ws.send(Message::Text("x".repeat(300_000).into())).await;
+    assert_eq!(c.until_closed().await.0, Ended::Close(1009));
+}
+
+#[tokio::test]
+async fn since_from_the_future_is_refused_and_ephemeral_messages_keep_order() {
+    let node = TestNode::start(&[]).await;
+    let mut c = node.guest().await;
+    let r = c
+        .request(json!({"op":"join","room":"f","since":"18446744073709551615"}))
+        .await;
+    assert_eq!(r["code"], "bad_request", "{r}");
+    // Stored and ephemeral messages share one ascending id order.
+    c.join("f").await;
+    let a = c.send_msg("f", json!("stored")).await;
+    let e = c
+        .request(json!({"op":"send","room":"f","body":"eph","ephemeral":true}))
+        .await;
+    let b = c.send_msg("f", json!("stored again")).await;
+    let e: u64 = e["msg"].as_str().unwrap().parse().unwrap();
+    assert!(a < e && e < b);
+    let got: Vec<u64> = [c.next_msg("f").await, c.next_msg("f").await, c.next_msg("f").await]
+        .iter()
+        .map(msg_id)
+        .collect();
+    assert_eq!(got, vec![a, e, b]);
+}
+
+#[tokio::test]
+async fn a_client_that_sends_but_never_reads_is_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start(&[
+        "--send-rate",
+        "10000",
+        "--send-burst",
+        "10000",
+        "--request-rate",
+        "100000",
+        "--request-burst",
+        "100000",
+    ])
+    .await;
+    let mut writer = node.guest().await;
+    writer.join("big").await;
+    for _ in 0..40 {
+        writer.send_msg("big", json!("z".repeat(30_000))).await;
+    }
+    // A reader with a tiny receive buffer asks for the 1.2 MB history page
+    // over and over and never reads: the node stops reading its requests.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(node.url(), stream).await.unwrap();
+    let mut greedy = Client::from_stream(ws);
+    assert_eq!(greedy.request(json!({"op":"auth"})).await["op"], "ok");
+    let tcp = match greedy.ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(s) => s,
+        _ => unreachable!(),
+    };
+    // Masked client frames (zero mask), written raw so nothing is read
+    // back; padded to 60 KB so they outgrow the kernel's buffers (32 MiB).
+    let mut req = br#"{"op":"history","room":"big","limit":500}"#.to_vec();
+    req.resize(60_000, b' ');
+    let mut frame = vec![0x81, 0x80 | 126];
+    frame.extend_from_slice(&(req.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&req);
+    let history_served = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("gateway_ws_requests_total{op=\"history\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = history_served(&node.http("GET", "/metrics", &[], "").await.1);
+    let mut written = 0usize;
+    let write_all = async {
+        for _ in 0..5_000 {
+            tcp.write_all(&frame).await?;
+            written += 1;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    // The writes stall (TCP backpressure) long before 5,000 requests (300 MB).
+    let stalled = tokio::time::timeout(std::time::Duration::from_secs(5), write_all)
+        .await
+        .is_err();
+    assert!(stalled, "all {written} requests were accepted");
+    let served = history_served(&node.http("GET", "/metrics", &[], "").await.1) - before;
+    // Each reply is 1.2 MB: the node served a handful, not all it received.
+    assert!(served < 50.0, "served {served} of {written} history requests");
+    // The node still serves others.
+    assert_eq!(writer.request(json!({"op":"ping"})).await["op"], "pong");
 }
