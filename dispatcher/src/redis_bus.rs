@@ -14,7 +14,7 @@
 //!   resuming from the last id it read after any Redis outage.
 //! - Presence: per-room sets of `node|user`, filtered by node heartbeat
 //!   keys that expire, so a dead node's users disappear within
-//!   [`NODE_TTL`]. Node ids not given by configuration are leased there.
+//!   `node_ttl`. Node ids not given by configuration are leased there.
 //! - History and replay come from the stream window (until the CQL store
 //!   exists, that window is all a cluster keeps).
 
@@ -35,8 +35,6 @@ use tokio_util::task::TaskTracker;
 use crate::redis_conn::{Conn, Pool, Target};
 use crate::{Bus, BusError, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
 
-/// A node's heartbeat key lives this long without a refresh.
-pub const NODE_TTL: Duration = Duration::from_secs(15);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A shard nobody local reads any more is kept this long, in case a member
 /// comes back (joins and leaves flap).
@@ -63,6 +61,9 @@ pub struct RedisBusConfig {
     pub read_count: usize,
     /// `XREAD BLOCK` time.
     pub block: Duration,
+    /// A node's heartbeat key (its lease and its presence) lives this long
+    /// without a refresh; refreshed every second.
+    pub node_ttl: Duration,
 }
 
 pub struct RedisBus {
@@ -142,6 +143,7 @@ impl RedisBus {
     /// heartbeat. Fails when Redis cannot be reached now.
     pub async fn connect(cfg: RedisBusConfig, sink: Arc<dyn Sink>) -> Result<RedisBus, BusError> {
         let pool = cfg.target.pool(32)?;
+        let ttl_ms = cfg.node_ttl.as_millis() as u64;
         let mut conn = pool.get().await?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
@@ -163,13 +165,13 @@ impl RedisBus {
                     .arg(&key)
                     .arg(&token)
                     .arg("PX")
-                    .arg(NODE_TTL.as_millis() as u64)
+                    .arg(ttl_ms)
                     .query_async::<()>(&mut conn)
                     .await
                     .map_err(|e| err("SET", e))?;
                 id.clone()
             }
-            None => lease_node_id(&mut conn, &cfg.prefix, &token).await?,
+            None => lease_node_id(&mut conn, &cfg.prefix, &token, ttl_ms).await?,
         };
         drop(conn);
         let publisher = cfg.target.connect(Duration::from_secs(5)).await?;
@@ -201,7 +203,12 @@ impl RedisBus {
     }
 }
 
-async fn lease_node_id(conn: &mut impl ConnectionLike, prefix: &str, token: &str) -> Result<String, BusError> {
+async fn lease_node_id(
+    conn: &mut impl ConnectionLike,
+    prefix: &str,
+    token: &str,
+    ttl_ms: u64,
+) -> Result<String, BusError> {
     for n in 0..4096 {
         let id = format!("gw-{n}");
         let ok: Option<String> = redis::cmd("SET")
@@ -209,7 +216,7 @@ async fn lease_node_id(conn: &mut impl ConnectionLike, prefix: &str, token: &str
             .arg(token)
             .arg("NX")
             .arg("PX")
-            .arg(NODE_TTL.as_millis() as u64)
+            .arg(ttl_ms)
             .query_async(conn)
             .await
             .map_err(|e| err("SET NX", e))?;
@@ -228,6 +235,7 @@ async fn heartbeat(inner: Arc<Inner>) {
          elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 else return 0 end",
     );
     let key = format!("{}:node:{}", inner.cfg.prefix, inner.node_id);
+    let ttl_ms = inner.cfg.node_ttl.as_millis() as u64;
     let mut tick = 0u64;
     loop {
         tokio::select! {
@@ -240,7 +248,7 @@ async fn heartbeat(inner: Arc<Inner>) {
             let r: i64 = refresh
                 .key(&key)
                 .arg(&inner.token)
-                .arg(NODE_TTL.as_millis() as u64)
+                .arg(ttl_ms)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| err("heartbeat", e))?;

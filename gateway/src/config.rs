@@ -77,6 +77,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_STREAM_MAXLEN", default_value_t = 100_000)]
     pub stream_maxlen: usize,
 
+    /// A node's Redis heartbeat lives this long: a dead node's users leave
+    /// presence, and its leased node id frees, within it.
+    #[arg(long, env = "GATEWAY_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
+
     /// Stream entries older than this are trimmed; 0 keeps by count only.
     #[arg(long, env = "GATEWAY_STREAM_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub stream_max_age: Duration,
@@ -321,6 +326,12 @@ impl Config {
         };
         if !(1..=1024).contains(&c.stream_shards) {
             return Err(invalid("stream_shards", "must be from 1 to 1024"));
+        }
+        if c.presence_ttl < Duration::from_secs(2) {
+            return Err(invalid(
+                "presence_ttl",
+                "must be at least 2s (the heartbeat is every second)",
+            ));
         }
         if c.stream_maxlen < 100 {
             return Err(invalid("stream_maxlen", "must be at least 100"));

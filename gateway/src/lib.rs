@@ -85,6 +85,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
                 node_id: c.node_id.clone(),
                 read_count: 512,
                 block: Duration::from_secs(5),
+                node_ttl: c.presence_ttl,
             };
             let bus = RedisBus::connect(config, sink).await?;
             let id = bus.node_id().to_string();

@@ -4,96 +4,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use common::*;
 use serde_json::json;
+use testkit::GatewayProcess;
 
-/// The real `gateway` binary as a child process; killed when dropped.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Proc {
-    fn start(dir: &Path, args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-                dir.to_str().unwrap(),
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        // The node logs its bound address; read until then, then keep
-        // draining stdout so the pipe never fills.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("gateway exited before listening").unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["fields"]["message"] == "listening" {
-                break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Proc { child, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn guest(url: &str) -> Client {
-    let mut c = Client::connect(url, None).await;
-    assert_eq!(c.request(json!({"op":"auth"})).await["op"], "ok");
-    c
-}
-
-/// Every message of a room, oldest first, paging backwards through history.
-async fn all_history(c: &mut Client, room: &str) -> Vec<u64> {
-    let mut ids = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let mut req = json!({"op":"history","room":room,"limit":500});
-        if let Some(b) = before {
-            req["before"] = json!(b.to_string());
-        }
-        let page = c.request(req).await;
-        let page: Vec<u64> = page["messages"].as_array().unwrap().iter().map(msg_id).collect();
-        if page.is_empty() {
-            return ids;
-        }
-        before = Some(page[0]);
-        ids.splice(0..0, page);
-    }
+/// The real `gateway` binary on `dir`.
+fn proc_start(dir: &Path, args: &[&str]) -> GatewayProcess {
+    GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), dir, args)
 }
 
 #[tokio::test]
@@ -131,7 +51,7 @@ async fn history_survives_a_restart_and_ids_keep_ascending() {
 async fn kill_9_loses_no_acknowledged_message() {
     let tmp = tempfile::tempdir().unwrap();
     let args = ["--send-rate", "100000", "--send-burst", "100000"];
-    let mut proc = Proc::start(tmp.path(), &args);
+    let mut proc = proc_start(tmp.path(), &args);
     let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
     let mut senders = Vec::new();
     for s in 0..4 {
@@ -174,7 +94,7 @@ async fn kill_9_loses_no_acknowledged_message() {
     }
     let acked = acked.lock().unwrap().clone();
 
-    let proc = Proc::start(tmp.path(), &args);
+    let proc = proc_start(tmp.path(), &args);
     let mut c = guest(&proc.url()).await;
     let stored = all_history(&mut c, "durable").await;
     let missing: Vec<_> = acked.iter().filter(|id| stored.binary_search(id).is_err()).collect();
@@ -222,7 +142,7 @@ impl Client {
 #[tokio::test]
 async fn sigterm_drains_with_1001_and_exits() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut proc = Proc::start(tmp.path(), &["--shutdown-grace", "5s"]);
+    let mut proc = proc_start(tmp.path(), &["--shutdown-grace", "5s"]);
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut c = guest(&proc.url()).await;
@@ -261,7 +181,7 @@ async fn sigterm_drains_with_1001_and_exits() {
     .unwrap();
     assert!(status.success(), "{status:?}");
     // The message acknowledged before the drain is there after it.
-    let proc = Proc::start(tmp.path(), &[]);
+    let proc = proc_start(tmp.path(), &[]);
     let mut c = guest(&proc.url()).await;
     assert_eq!(all_history(&mut c, "d").await, vec![id]);
 }

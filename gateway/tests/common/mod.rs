@@ -316,3 +316,29 @@ pub fn valid_claims(sub: &str) -> Value {
 pub fn key_path(name: &str) -> String {
     format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A connected guest on any node's URL.
+pub async fn guest(url: &str) -> Client {
+    let mut c = Client::connect(url, None).await;
+    assert_eq!(c.request(json!({"op":"auth"})).await["op"], "ok");
+    c
+}
+
+/// Every message of a room, oldest first, paging backwards through history.
+pub async fn all_history(c: &mut Client, room: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut req = json!({"op":"history","room":room,"limit":500});
+        if let Some(b) = before {
+            req["before"] = json!(b.to_string());
+        }
+        let page = c.request(req).await;
+        let page: Vec<u64> = page["messages"].as_array().unwrap().iter().map(msg_id).collect();
+        if page.is_empty() {
+            return ids;
+        }
+        before = Some(page[0]);
+        ids.splice(0..0, page);
+    }
+}

@@ -1,0 +1,284 @@
+//! Test fixtures that run real services on free loopback ports and stop
+//! them when dropped (as nats.rs's test server does): [`RedisServer`],
+//! [`RedisCluster`] (three masters, built with `redis-cli --cluster
+//! create`), and [`GatewayProcess`] (the real `gateway` binary). Every wait
+//! polls a condition with a bounded deadline; nothing sleeps a fixed time.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a service may take to answer after starting.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `ready` every 20 ms until it holds or `deadline` passes.
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < deadline, "{what}: not ready after {deadline:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port nobody listens on now (and, for Redis Cluster, whose
+/// bus port, +10000, is free too).
+pub fn free_port(with_cluster_bus: bool) -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !with_cluster_bus {
+            return port;
+        }
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn redis_binary(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = format!("{dir}/{name}");
+        if Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install Debian's redis-server package (.ci/run does)");
+}
+
+/// One raw RESP command; the reply's first line.
+pub fn redis_command(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes()).ok()?;
+    let mut buf = [0u8; 8192];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+fn spawn_redis(port: u16, dir: &Path, extra: &[&str]) -> Child {
+    let mut args: Vec<String> = vec![
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--appendonly".into(),
+        "yes".into(),
+        "--appendfsync".into(),
+        "always".into(),
+        "--save".into(),
+        "".into(),
+        "--daemonize".into(),
+        "no".into(),
+        "--logfile".into(),
+        dir.join(format!("redis-{port}.log")).display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(redis_binary("redis-server"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_pong(port: u16, child: &mut Child) {
+    wait_until(&format!("redis on {port}"), START_DEADLINE, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("redis-server on {port} exited: {status}");
+        }
+        redis_command(port, &["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+    });
+}
+
+fn kill(child: &mut Child) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// One Redis server, with `appendonly yes` and `appendfsync always`.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(false);
+        let mut child = spawn_redis(port, dir.path(), &[]);
+        wait_for_pong(port, &mut child);
+        RedisServer { child, port, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) without waiting for it to come back.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same port and data (its append-only file).
+    pub fn start_again(&mut self) {
+        self.child = spawn_redis(self.port, self.dir.path(), &[]);
+        wait_for_pong(self.port, &mut self.child);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A Redis Cluster of `n` masters and no replicas.
+pub struct RedisCluster {
+    children: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ports = Vec::new();
+        let mut children = Vec::new();
+        for i in 0..n {
+            let port = free_port(true);
+            let node_dir = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let mut child = spawn_redis(
+                port,
+                &node_dir,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            );
+            wait_for_pong(port, &mut child);
+            ports.push(port);
+            children.push(child);
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        args.extend(["--cluster-replicas".into(), "0".into(), "--cluster-yes".into()]);
+        let out = Command::new(redis_binary("redis-cli")).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for &port in &ports {
+            wait_until(&format!("cluster state on {port}"), START_DEADLINE, || {
+                redis_command(port, &["CLUSTER", "INFO"]).is_some_and(|r| r.contains("cluster_state:ok"))
+            });
+        }
+        RedisCluster {
+            children,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            kill(c);
+        }
+    }
+}
+
+/// The real `gateway` binary as a child process (pass
+/// `env!("CARGO_BIN_EXE_gateway")`), killed when dropped.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl GatewayProcess {
+    pub fn start(binary: &str, data_dir: &Path, args: &[&str]) -> GatewayProcess {
+        let mut child = Command::new(binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // The node logs its bound address; read until then, then keep
+        // draining stdout so the pipe never fills.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("gateway exited before listening").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "listening" {
+                break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        GatewayProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn kill9(&mut self) {
+        kill(&mut self.child);
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// One `/metrics` sample (first series whose line starts with `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
