@@ -99,6 +99,26 @@ struct ReaderHandle {
     positioned: watch::Receiver<bool>,
 }
 
+/// The parts of `XINFO STREAM` the bus uses.
+struct StreamInfo {
+    last_id: String,
+    /// Highest id removed by `XDEL` (Redis 7 does not count trimming here).
+    max_deleted: u64,
+    /// The oldest entry still in the stream.
+    first: u64,
+    /// Entries were trimmed or deleted at some point.
+    removed_any: bool,
+}
+
+impl StreamInfo {
+    /// Whether every entry after `since` is still in the stream. Trimming
+    /// removes from the head, so every trimmed id is below `first`; a
+    /// client that saw `first` or later misses nothing.
+    fn covers(&self, since: u64) -> bool {
+        self.max_deleted <= since && (!self.removed_any || since >= self.first)
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -377,9 +397,8 @@ impl Inner {
         }
     }
 
-    /// The stream's last generated id and the highest id ever trimmed or
-    /// deleted (`None` for a stream that does not exist).
-    async fn stream_info(&self, conn: &mut impl ConnectionLike, key: &str) -> Result<Option<(String, u64)>, BusError> {
+    /// What `XINFO STREAM` says of a stream (`None` when it does not exist).
+    async fn stream_info(&self, conn: &mut impl ConnectionLike, key: &str) -> Result<Option<StreamInfo>, BusError> {
         let reply: Result<Value, _> = redis::cmd("XINFO").arg("STREAM").arg(key).query_async(conn).await;
         let value = match reply {
             Ok(v) => v,
@@ -407,11 +426,19 @@ impl Inner {
                 .find(|(k, _)| k == name)
                 .and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok())
         };
-        let last = get("last-generated-id").unwrap_or_else(|| "0-0".into());
-        let max_deleted = get("max-deleted-entry-id")
-            .and_then(|id| parse_entry_id(&id))
-            .unwrap_or(0);
-        Ok(Some((last, max_deleted)))
+        let num = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| redis::from_redis_value::<u64>(v.clone()).ok())
+        };
+        let id = |name: &str| get(name).and_then(|id| parse_entry_id(&id)).unwrap_or(0);
+        Ok(Some(StreamInfo {
+            last_id: get("last-generated-id").unwrap_or_else(|| "0-0".into()),
+            max_deleted: id("max-deleted-entry-id"),
+            first: id("recorded-first-entry-id"),
+            removed_any: num("entries-added").unwrap_or(0) > num("length").unwrap_or(0),
+        }))
     }
 
     async fn range(
@@ -520,7 +547,7 @@ async fn read_shard(inner: Arc<Inner>, shard: u32, cancel: CancellationToken, po
                     let id = inner
                         .stream_info(c, &key)
                         .await?
-                        .map(|(last, _)| last)
+                        .map(|i| i.last_id)
                         .unwrap_or_else(|| "0-0".into());
                     last = Some(id.clone());
                     let _ = positioned.send(true);
@@ -570,6 +597,34 @@ async fn read_shard(inner: Arc<Inner>, shard: u32, cancel: CancellationToken, po
         }
     }
     m.readers_active.decrement(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_coverage() {
+        let info = |first, removed_any, max_deleted| StreamInfo {
+            last_id: String::new(),
+            max_deleted,
+            first,
+            removed_any,
+        };
+        assert!(info(100, false, 0).covers(5), "nothing ever removed");
+        assert!(!info(100, true, 0).covers(5), "trimmed past since");
+        assert!(info(100, true, 0).covers(100));
+        assert!(info(100, true, 0).covers(150));
+        assert!(!info(100, false, 120).covers(110), "an entry after since was deleted");
+    }
+
+    #[test]
+    fn shard_hash_and_ids_are_stable() {
+        // Every node and every version must map a room to the same stream.
+        assert_eq!(shard_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u32);
+        assert_eq!(entry_id(parse_entry_id("1700000000000-7").unwrap()), "1700000000000-7");
+        assert_eq!(parse_entry_id("12-99999999"), None, "sequence beyond 22 bits");
+    }
 }
 
 #[async_trait]
@@ -625,7 +680,7 @@ impl Bus for RedisBus {
         let info = self.inner.stream_info(&mut conn, &self.inner.room_key(room)).await?;
         drop(conn);
         // Entries after `since` were trimmed: the window cannot close the gap.
-        if info.is_some_and(|(_, max_deleted)| max_deleted > since) {
+        if info.is_some_and(|i| !i.covers(since)) {
             return Ok(Replay {
                 messages: Vec::new(),
                 complete: false,

@@ -273,3 +273,34 @@ async fn presence_spans_nodes_and_a_dead_nodes_users_leave_it() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_older_than_the_stream_window_is_not_recovered() {
+    let redis = RedisServer::start();
+    let cluster = nodes(1, &single(&redis), &["--stream-maxlen", "100", "--stream-shards", "1"]);
+    let url = cluster.nodes[0].url();
+    let mut c = guest(&url).await;
+    c.join("w").await;
+    let first = c.send_msg("w", json!(0)).await;
+    let mut last = first;
+    for i in 1..600 {
+        last = c.send_msg("w", json!(i)).await;
+    }
+    // The window was trimmed past `first`: replaying from it would leave a gap.
+    let mut late = guest(&url).await;
+    let r = late
+        .request(json!({"op":"join","room":"w","since":first.to_string()}))
+        .await;
+    assert_eq!(r["recovered"], false, "{r}");
+    // A gap inside the window is recovered.
+    let mut recent = guest(&url).await;
+    let h = recent.request(json!({"op":"history","room":"w","limit":3})).await;
+    let since = msg_id(&h["messages"][0]);
+    let r = recent
+        .request(json!({"op":"join","room":"w","since":since.to_string()}))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let replayed: Vec<u64> = recent.backlog.iter().filter(|v| v["op"] == "msg").map(msg_id).collect();
+    assert_eq!(replayed.last(), Some(&last));
+    assert_eq!(replayed.len(), 2);
+}
