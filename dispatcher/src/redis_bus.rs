@@ -599,34 +599,6 @@ async fn read_shard(inner: Arc<Inner>, shard: u32, cancel: CancellationToken, po
     m.readers_active.decrement(1.0);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn window_coverage() {
-        let info = |first, removed_any, max_deleted| StreamInfo {
-            last_id: String::new(),
-            max_deleted,
-            first,
-            removed_any,
-        };
-        assert!(info(100, false, 0).covers(5), "nothing ever removed");
-        assert!(!info(100, true, 0).covers(5), "trimmed past since");
-        assert!(info(100, true, 0).covers(100));
-        assert!(info(100, true, 0).covers(150));
-        assert!(!info(100, false, 120).covers(110), "an entry after since was deleted");
-    }
-
-    #[test]
-    fn shard_hash_and_ids_are_stable() {
-        // Every node and every version must map a room to the same stream.
-        assert_eq!(shard_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u32);
-        assert_eq!(entry_id(parse_entry_id("1700000000000-7").unwrap()), "1700000000000-7");
-        assert_eq!(parse_entry_id("12-99999999"), None, "sequence beyond 22 bits");
-    }
-}
-
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, msg: NewMessage) -> Result<Published, BusError> {
@@ -824,5 +796,33 @@ impl Bus for RedisBus {
             let key = format!("{}:node:{}", self.inner.cfg.prefix, self.inner.node_id);
             let _: Result<i64, _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_coverage() {
+        let info = |first, removed_any, max_deleted| StreamInfo {
+            last_id: String::new(),
+            max_deleted,
+            first,
+            removed_any,
+        };
+        assert!(info(100, false, 0).covers(5), "nothing ever removed");
+        assert!(!info(100, true, 0).covers(5), "trimmed past since");
+        assert!(info(100, true, 0).covers(100));
+        assert!(info(100, true, 0).covers(150));
+        assert!(!info(100, false, 120).covers(110), "an entry after since was deleted");
+    }
+
+    #[test]
+    fn shard_hash_and_ids_are_stable() {
+        // Every node and every version must map a room to the same stream.
+        assert_eq!(shard_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u32);
+        assert_eq!(entry_id(parse_entry_id("1700000000000-7").unwrap()), "1700000000000-7");
+        assert_eq!(parse_entry_id("12-99999999"), None, "sequence beyond 22 bits");
     }
 }
