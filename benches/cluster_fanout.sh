@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Fan-out through Redis Streams: deliveries per second and publish-to-deliver
+# latency with NODES gateway processes on one Redis, for the shapes given,
+# plus the raw XADD rate redis-benchmark reaches on the same box.
+#
+#   bash benches/cluster_fanout.sh [nodes] [seconds]
+#
+# Prints one result line per run (and the loadtest JSON reports under
+# $OUT, default a temp dir). Load goes to loopback only.
+set -euo pipefail
+NODES=${1:-1}
+SECS=${2:-10}
+cd "$(dirname "$0")/.."
+cargo build -q --release -p gateway -p loadtest
+T=${CARGO_TARGET_DIR:-target}/release
+OUT=${OUT:-$(mktemp -d)}
+export SERVICES_DIR=$OUT/services
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; scripts/services.sh down >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+eval "export $(scripts/services.sh up redis)"
+port=${GATEWAY_REDIS_URL##*:}
+
+urls=()
+for i in $(seq 1 "$NODES"); do
+    log=$OUT/gw$i.log
+    "$T/gateway" --listen 127.0.0.1:0 --log-format json --data-dir "$OUT/gw$i" \
+        --send-rate 1000000 --send-burst 1000000 --request-rate 1000000 --request-burst 1000000 \
+        --max-rooms-per-connection 1000 --outbound-queue 8192 --log warn,gateway=info >"$log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 200); do
+        addr=$(grep -o '"addr":"[0-9.:]*"' "$log" | head -1 | cut -d'"' -f4 || true)
+        [ -n "$addr" ] && break
+        sleep 0.05
+    done
+    urls+=(--url "ws://$addr/ws")
+done
+
+cpu_ticks() { local t=0; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
+rss_kib() { local t=0; for p in "${pids[@]}"; do t=$((t + $(awk '/^VmRSS/ {print $2}' /proc/$p/status))); done; echo $t; }
+
+run() {  # name, loadtest args...
+    local name=$1; shift
+    local before; before=$(cpu_ticks)
+    "$T/loadtest" "${urls[@]}" --quiet --duration "${SECS}s" --source-ips 20 --report "$OUT/$name.json" "$@" >/dev/null
+    local ticks=$(( $(cpu_ticks) - before ))
+    python3 - "$OUT/$name.json" "$name" "$NODES" "$ticks" "$(getconf CLK_TCK)" "$(rss_kib)" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); name, nodes, ticks, hz, rss = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+d, a = r["latency_ms"]["delivery"], r["latency_ms"]["ack"]
+cpu = ticks / hz / r["duration_seconds"]
+print(f"{name}: nodes={nodes} conns={r['connected']} rooms={r['rooms']} senders={r['senders']} "
+      f"sent/s={r['sent']/r['duration_seconds']:.0f} acked/s={r['acks_per_second']:.0f} deliveries/s={r['deliveries_per_second']:.0f} "
+      f"loss={r['loss']:.6f} delivery_p50={d['p50']:.2f}ms p99={d['p99']:.2f}ms ack_p50={a['p50']:.2f}ms ack_p99={a['p99']:.2f}ms "
+      f"gateway_cpu_cores={cpu:.2f} gateway_rss_mib={rss/1024:.0f}")
+PY
+}
+
+# Publish rate: many senders, few members, as fast as the gateways accept.
+run publish --connections 20 --rooms 20 --senders 40 --rate 200000
+# A room of 1,000 members.
+run room1000 --connections 1000 --rooms 1 --senders 4 --rate "${ROOM_RATE:-1000}"
+# 1,000 rooms of 10 members.
+run rooms1000x10 --connections 10000 --rooms 1000 --senders 20 --rate "${ROOMS_RATE:-20000}" --ramp 3000
+
+# The same box's raw XADD rate, pipelined like the gateway's connection.
+redis-cli -p "$port" del benchstream >/dev/null
+echo "redis-benchmark xadd: $(redis-benchmark -p "$port" -q -n 200000 -c 40 -P 16 \
+    XADD benchstream MAXLEN '~' 100000 '*' r room f user k m b '{"t":1}' | tr '\r' '\n' | tail -1)"
+echo "reports: $OUT"

@@ -1,0 +1,525 @@
+//! `loadtest`: drives WebSocket chat gateways (protocol v1) and measures
+//! them end to end.
+//!
+//! - [`Args`]: the command line. [`run`] runs one scenario and returns a
+//!   [`Report`]; the binary prints it, writes it as JSON, and exits non-zero
+//!   when a threshold (`--max-p99-ms`, `--max-loss`) is exceeded.
+//! - Scenarios: `idle` (connections held, for memory), `fanout` (rooms x
+//!   members, senders at a total rate; publish-to-deliver latency from a
+//!   timestamp carried in each body, loss as delivered vs expected).
+//! - [`stats`]: lock-free counters and per-thread HDR histograms.
+
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use stats::{Counters, Latency};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Connect, authenticate, join, and hold the connections.
+    Idle,
+    /// Members in rooms; senders publish at a total rate; measure delivery.
+    Fanout,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadtest", version, about = "Load generator for WebSocket chat gateways")]
+pub struct Args {
+    /// Gateway WebSocket URL (`ws://127.0.0.1:8080/ws`); repeat for several
+    /// nodes: connections are spread round-robin.
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
+    #[arg(long, value_enum, default_value = "fanout")]
+    pub scenario: Scenario,
+    /// Member connections.
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Rooms the members are spread over (members per room = connections / rooms).
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Sender connections (each also a member of the rooms it sends to).
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Messages per second, all senders together.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// How long to send (fanout) or hold (idle).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 2000.0)]
+    pub ramp: f64,
+    /// Mint HS256 tokens with this secret (else anonymous guests).
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+    /// Room names are `<prefix>-<n>`.
+    #[arg(long, default_value = "lt")]
+    pub room_prefix: String,
+    /// Spread source addresses over 127.0.0.1 .. 127.0.0.N so one
+    /// address's ports are not the limit (loopback targets only).
+    #[arg(long, default_value_t = 1)]
+    pub source_ips: u8,
+    /// Extra bytes of padding in each message body.
+    #[arg(long, default_value_t = 0)]
+    pub body_bytes: usize,
+    /// Time after the last send to wait for deliveries still in flight.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    /// Write the report here as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Fail (exit 1) when delivery p99 is above this many milliseconds.
+    #[arg(long)]
+    pub max_p99_ms: Option<f64>,
+    /// Fail (exit 1) when more than this fraction of expected deliveries is missing.
+    #[arg(long)]
+    pub max_loss: Option<f64>,
+    /// No live progress.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Args {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.connections == 0 || self.rooms == 0 || self.rooms > self.connections {
+            bail!("--rooms must be from 1 to --connections");
+        }
+        if self.scenario == Scenario::Fanout && (self.senders == 0 || !(self.rate > 0.0)) {
+            bail!("fanout needs --senders >= 1 and --rate > 0");
+        }
+        if self.source_ips == 0 {
+            bail!("--source-ips must be at least 1");
+        }
+        for u in &self.urls {
+            target_of(u)?;
+        }
+        Ok(())
+    }
+
+    fn room(&self, n: usize) -> String {
+        format!("{}-{n}", self.room_prefix)
+    }
+}
+
+fn target_of(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("ws://")
+        .with_context(|| format!("{url}: only ws:// URLs"))?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    let addr: SocketAddr = host.parse().with_context(|| format!("{url}: give an IP:port"))?;
+    if !addr.ip().is_loopback() {
+        bail!("{url}: load is only sent to loopback addresses");
+    }
+    Ok(addr)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+struct Shared {
+    args: Args,
+    counters: Counters,
+    connect: Latency,
+    ack: Latency,
+    delivery: Latency,
+    errors: Mutex<BTreeMap<String, u64>>,
+    closes: Mutex<BTreeMap<String, u64>>,
+    /// Members of each room (senders included), fixed before sending starts.
+    members: Vec<AtomicU64>,
+    expected: AtomicU64,
+}
+
+/// One connection, authenticated and in its rooms.
+async fn open(shared: &Shared, index: usize, rooms: &[String]) -> anyhow::Result<Ws> {
+    let args = &shared.args;
+    let url = &args.urls[index % args.urls.len()];
+    let target = target_of(url)?;
+    let started = Instant::now();
+    let socket = TcpSocket::new_v4()?;
+    let src = Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(args.source_ips)) as u8);
+    socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
+    let stream = socket.connect(target).await.with_context(|| format!("connect {url}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut request = url.as_str().into_client_request()?;
+    if let Some(secret) = &args.jwt_secret {
+        let claims = json!({"sub": format!("lt-{index}"), "exp": now_micros() / 1_000_000 + 86_400});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
+    let mut pending = 0;
+    if args.jwt_secret.is_none() {
+        ws.send(Message::Text(r#"{"op":"auth","id":0}"#.into())).await?;
+        pending += 1;
+    }
+    for (i, room) in rooms.iter().enumerate() {
+        ws.feed(Message::Text(
+            json!({"op":"join","id": i + 1,"room": room}).to_string().into(),
+        ))
+        .await?;
+        pending += 1;
+    }
+    ws.flush().await?;
+    while pending > 0 {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if t.contains(r#""op":"ok""#) {
+                    pending -= 1;
+                } else if t.contains(r#""op":"error""#) {
+                    bail!("setup refused: {t}");
+                }
+            }
+            Some(Ok(Message::Close(f))) => bail!("closed during setup: {f:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended during setup"),
+        }
+    }
+    shared.connect.record(started.elapsed());
+    Ok(ws)
+}
+
+/// Reads one connection's frames until it closes or `stop`.
+async fn read_loop(shared: Arc<Shared>, mut rx: SplitStream<Ws>, acks: Option<Arc<Mutex<HashMap<u64, Instant>>>>) {
+    let c = &shared.counters;
+    while let Some(frame) = rx.next().await {
+        match frame {
+            Ok(Message::Text(t)) => {
+                let b = t.as_bytes();
+                if b.starts_with(br#"{"op":"msg""#) {
+                    c.delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(sent) = body_time(b) {
+                        shared
+                            .delivery
+                            .record(Duration::from_micros(now_micros().saturating_sub(sent)));
+                    }
+                } else if b.starts_with(br#"{"op":"ok""#) {
+                    if let (Some(acks), Some(id)) = (&acks, reply_id(b)) {
+                        if let Some(at) = acks.lock().remove(&id) {
+                            shared.ack.record(at.elapsed());
+                            c.acked.fetch_add(1, Ordering::Relaxed);
+                            if let Some(room) = reply_room(b) {
+                                let members = shared.members[room].load(Ordering::Relaxed);
+                                shared.expected.fetch_add(members, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                } else if b.starts_with(br#"{"op":"error""#) {
+                    if let (Some(acks), Some(id)) = (&acks, reply_id(b)) {
+                        acks.lock().remove(&id);
+                    }
+                    let code = serde_json::from_slice::<serde_json::Value>(b)
+                        .ok()
+                        .and_then(|v| v["code"].as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "unparsed".into());
+                    *shared.errors.lock().entry(code).or_default() += 1;
+                }
+            }
+            Ok(Message::Close(f)) => {
+                let code = f
+                    .map(|f| u16::from(f.code).to_string())
+                    .unwrap_or_else(|| "none".into());
+                *shared.closes.lock().entry(code).or_default() += 1;
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                *shared.closes.lock().entry("dropped".into()).or_default() += 1;
+                return;
+            }
+        }
+    }
+}
+
+/// The send timestamp carried in a `msg` event's body (`"body":{"t":<µs>`).
+fn body_time(frame: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(frame, br#""body":{"t":"#)? + 12;
+    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
+}
+
+fn reply_id(frame: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(frame, br#""id":"#)? + 5;
+    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
+}
+
+/// The room number of a send's `ok` (`"room":"<prefix>-<n>"`).
+fn reply_room(frame: &[u8]) -> Option<usize> {
+    let at = memchr::memmem::find(frame, br#""room":""#)? + 8;
+    let end = at + memchr::memchr(b'"', &frame[at..])?;
+    let room = std::str::from_utf8(&frame[at..end]).ok()?;
+    room.rsplit('-').next()?.parse().ok()
+}
+
+/// Sends to `rooms` at `rate` per second until `until`.
+async fn send_loop(
+    shared: Arc<Shared>,
+    mut tx: SplitSink<Ws, Message>,
+    rooms: Vec<usize>,
+    rate: f64,
+    until: Instant,
+    acks: Arc<Mutex<HashMap<u64, Instant>>>,
+    sender: usize,
+) {
+    let c = &shared.counters;
+    let pad = "x".repeat(shared.args.body_bytes);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while Instant::now() < until {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while sent < due {
+            let id = sent + 1;
+            let room = rooms[sent as usize % rooms.len()];
+            let body = format!(
+                r#"{{"op":"send","id":{id},"room":"{}","body":{{"t":{},"s":{sender},"p":"{pad}"}}}}"#,
+                shared.args.room(room),
+                now_micros()
+            );
+            acks.lock().insert(id, Instant::now());
+            if tx.feed(Message::Text(body.into())).await.is_err() {
+                c.send_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            sent += 1;
+            c.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if tx.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The outcome of one run.
+pub type Report = serde_json::Value;
+
+/// Runs the scenario and returns its report.
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    args.validate()?;
+    let shared = Arc::new(Shared {
+        members: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
+        args: args.clone(),
+        counters: Counters::default(),
+        connect: Latency::new(),
+        ack: Latency::new(),
+        delivery: Latency::new(),
+        errors: Mutex::default(),
+        closes: Mutex::default(),
+        expected: AtomicU64::new(0),
+    });
+    let progress = stats::Progress::start(shared.clone(), args.quiet);
+
+    // Members, ramped.
+    let mut readers = Vec::new();
+    let mut held: Vec<SplitSink<Ws, Message>> = Vec::new();
+    let ramp_started = Instant::now();
+    let mut opening = FuturesUnordered::new();
+    let mut next = 0;
+    while next < args.connections || !opening.is_empty() {
+        while next < args.connections && opening.len() < 256 {
+            let due = ramp_started + Duration::from_secs_f64(next as f64 / args.ramp);
+            if Instant::now() < due {
+                break;
+            }
+            let room = next % args.rooms;
+            let shared = shared.clone();
+            let i = next;
+            opening.push(async move { (room, open(&shared, i, &[shared.args.room(room)]).await) });
+            next += 1;
+        }
+        let wait = tokio::time::sleep(Duration::from_millis(5));
+        tokio::select! {
+            Some((room, result)) = opening.next() => match result {
+                Ok(ws) => {
+                    shared.counters.connected.fetch_add(1, Ordering::Relaxed);
+                    shared.members[room].fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = ws.split();
+                    held.push(tx);
+                    readers.push(tokio::spawn(read_loop(shared.clone(), rx, None)));
+                }
+                Err(e) => {
+                    if shared.counters.failed_connects.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("connect failed: {e:#}");
+                    }
+                }
+            },
+            _ = wait => {}
+        }
+    }
+    let ramp_secs = ramp_started.elapsed().as_secs_f64();
+
+    let mut senders = Vec::new();
+    let send_started = Instant::now();
+    if args.scenario == Scenario::Fanout {
+        let mut opened = Vec::new();
+        for s in 0..args.senders {
+            let rooms: Vec<usize> = (0..args.rooms)
+                .filter(|r| r % args.senders == s % args.rooms.min(args.senders))
+                .collect();
+            let rooms = if rooms.is_empty() { vec![s % args.rooms] } else { rooms };
+            let names: Vec<String> = rooms.iter().map(|&r| args.room(r)).collect();
+            let ws = open(&shared, args.connections + s, &names)
+                .await
+                .context("opening a sender")?;
+            for &r in &rooms {
+                shared.members[r].fetch_add(1, Ordering::Relaxed);
+            }
+            opened.push((ws, rooms));
+        }
+        // The clock starts once every sender is in its rooms.
+        let until = Instant::now() + args.duration;
+        let per_sender = args.rate / args.senders as f64;
+        for (s, (ws, rooms)) in opened.into_iter().enumerate() {
+            let (tx, rx) = ws.split();
+            let acks: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+            readers.push(tokio::spawn(read_loop(shared.clone(), rx, Some(acks.clone()))));
+            senders.push(tokio::spawn(send_loop(
+                shared.clone(),
+                tx,
+                rooms,
+                per_sender,
+                until,
+                acks,
+                s,
+            )));
+        }
+        for s in senders {
+            let _ = s.await;
+        }
+        // Let deliveries in flight arrive.
+        let drain_until = Instant::now() + args.drain;
+        let mut last = shared.counters.delivered.load(Ordering::Relaxed);
+        while Instant::now() < drain_until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = shared.counters.delivered.load(Ordering::Relaxed);
+            if now == last && now >= shared.expected.load(Ordering::Relaxed) {
+                break;
+            }
+            last = now;
+        }
+    } else {
+        tokio::time::sleep(args.duration).await;
+    }
+    let send_secs = send_started.elapsed().as_secs_f64();
+    progress.stop();
+    drop(held);
+    for r in readers {
+        r.abort();
+    }
+    Ok(shared.report(ramp_secs, send_secs))
+}
+
+impl Shared {
+    fn report(&self, ramp_secs: f64, send_secs: f64) -> Report {
+        let c = &self.counters;
+        let expected = self.expected.load(Ordering::Relaxed);
+        let delivered = c.delivered.load(Ordering::Relaxed);
+        let loss = if expected == 0 {
+            0.0
+        } else {
+            expected.saturating_sub(delivered) as f64 / expected as f64
+        };
+        json!({
+            "scenario": format!("{:?}", self.args.scenario).to_lowercase(),
+            "urls": self.args.urls,
+            "connections": self.args.connections,
+            "connected": c.connected.load(Ordering::Relaxed),
+            "failed_connects": c.failed_connects.load(Ordering::Relaxed),
+            "rooms": self.args.rooms,
+            "senders": self.args.senders,
+            "rate_target": self.args.rate,
+            "ramp_seconds": ramp_secs,
+            "duration_seconds": send_secs,
+            "sent": c.sent.load(Ordering::Relaxed),
+            "acked": c.acked.load(Ordering::Relaxed),
+            "send_errors": c.send_errors.load(Ordering::Relaxed),
+            "expected_deliveries": expected,
+            "delivered": delivered,
+            "loss": loss,
+                        "deliveries_per_second": if send_secs > 0.0 { delivered as f64 / send_secs } else { 0.0 },
+            "acks_per_second": if send_secs > 0.0 { c.acked.load(Ordering::Relaxed) as f64 / send_secs } else { 0.0 },
+            "latency_ms": {
+                "connect": self.connect.summary(),
+                "ack": self.ack.summary(),
+                "delivery": self.delivery.summary(),
+            },
+            "errors": *self.errors.lock(),
+            "close_codes": *self.closes.lock(),
+        })
+    }
+}
+
+/// The threshold a report fails, if any.
+pub fn check(args: &Args, report: &Report) -> Option<String> {
+    if let Some(max) = args.max_p99_ms {
+        let p99 = report["latency_ms"]["delivery"]["p99"]
+            .as_f64()
+            .unwrap_or(f64::INFINITY);
+        if p99 > max {
+            return Some(format!("delivery p99 {p99:.2} ms is over --max-p99-ms {max}"));
+        }
+    }
+    if let Some(max) = args.max_loss {
+        let loss = report["loss"].as_f64().unwrap_or(1.0);
+        if loss > max {
+            return Some(format!("loss {loss:.6} is over --max-loss {max}"));
+        }
+    }
+    if report["failed_connects"].as_u64().unwrap_or(0) > 0 && args.max_loss.is_some() {
+        return Some(format!("{} connections failed", report["failed_connects"]));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_fields_without_parsing_json() {
+        let f = br#"{"op":"msg","room":"lt-3","msg":"9","from":"u","ts":1,"body":{"t":1700000000123456,"s":0,"p":""}}"#;
+        assert_eq!(body_time(f), Some(1_700_000_000_123_456));
+        let ok = br#"{"op":"ok","id":42,"room":"lt-17","msg":"5","ts":1}"#;
+        assert_eq!(reply_id(ok), Some(42));
+        assert_eq!(reply_room(ok), Some(17));
+    }
+
+    #[test]
+    fn refuses_non_loopback_targets() {
+        assert!(target_of("ws://127.0.0.1:8080/ws").is_ok());
+        assert!(target_of("ws://10.0.0.1:8080/ws").is_err());
+        assert!(target_of("wss://127.0.0.1:8080/ws").is_err());
+    }
+}

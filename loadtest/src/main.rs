@@ -1,0 +1,43 @@
+//! The `loadtest` binary: parse, run, report, apply thresholds.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let args = loadtest::Args::parse();
+    if let Err(e) = args.validate() {
+        eprintln!("loadtest: {e:#}");
+        return ExitCode::from(64);
+    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let report = match runtime.block_on(loadtest::run(args.clone())) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = serde_json::to_string_pretty(&report).expect("a JSON value");
+    println!("{text}");
+    if let Some(path) = &args.report
+        && let Err(e) = std::fs::write(path, &text)
+    {
+        eprintln!("loadtest: writing {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    match loadtest::check(&args, &report) {
+        Some(why) => {
+            eprintln!("loadtest: threshold failed: {why}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
+    }
+}
