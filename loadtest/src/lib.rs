@@ -101,7 +101,7 @@ impl Args {
         if self.connections == 0 || self.rooms == 0 || self.rooms > self.connections {
             bail!("--rooms must be from 1 to --connections");
         }
-        if self.scenario == Scenario::Fanout && (self.senders == 0 || !(self.rate > 0.0)) {
+        if self.scenario == Scenario::Fanout && (self.senders == 0 || self.rate.is_nan() || self.rate <= 0.0) {
             bail!("fanout needs --senders >= 1 and --rate > 0");
         }
         if self.source_ips == 0 {

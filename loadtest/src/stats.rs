@@ -25,14 +25,17 @@ pub struct Counters {
 /// A latency distribution in microseconds, 1 µs to 1 hour, 3 digits.
 pub struct Latency {
     id: usize,
-    parts: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>>,
+        parts: Mutex<Vec<Part>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+/// One thread's share of a distribution.
+type Part = Arc<Mutex<Histogram<u64>>>;
+
 thread_local! {
     /// This thread's histogram for each `Latency` (by id).
-    static LOCAL: RefCell<Vec<Option<Arc<Mutex<Histogram<u64>>>>>> = const { RefCell::new(Vec::new()) };
+        static LOCAL: RefCell<Vec<Option<Part>>> = const { RefCell::new(Vec::new()) };
 }
 
 fn new_histogram() -> Histogram<u64> {
