@@ -222,15 +222,17 @@ async fn read_loop(shared: Arc<Shared>, mut rx: SplitStream<Ws>, acks: Option<Ar
                             .delivery
                             .record(Duration::from_micros(now_micros().saturating_sub(sent)));
                     }
-                } else if b.starts_with(br#"{"op":"ok""#) {
-                    if let (Some(acks), Some(id)) = (&acks, reply_id(b)) {
-                        if let Some(at) = acks.lock().remove(&id) {
-                            shared.ack.record(at.elapsed());
-                            c.acked.fetch_add(1, Ordering::Relaxed);
-                            if let Some(room) = reply_room(b) {
-                                let members = shared.members[room].load(Ordering::Relaxed);
-                                shared.expected.fetch_add(members, Ordering::Relaxed);
-                            }
+                                } else if b.starts_with(br#"{"op":"ok""#) {
+                    let sent_at = match (&acks, reply_id(b)) {
+                        (Some(acks), Some(id)) => acks.lock().remove(&id),
+                        _ => None,
+                    };
+                    if let Some(at) = sent_at {
+                        shared.ack.record(at.elapsed());
+                        c.acked.fetch_add(1, Ordering::Relaxed);
+                        if let Some(room) = reply_room(b) {
+                            let members = shared.members[room].load(Ordering::Relaxed);
+                            shared.expected.fetch_add(members, Ordering::Relaxed);
                         }
                     }
                 } else if b.starts_with(br#"{"op":"error""#) {
@@ -464,7 +466,10 @@ impl Shared {
             "duration_seconds": send_secs,
             "sent": c.sent.load(Ordering::Relaxed),
             "acked": c.acked.load(Ordering::Relaxed),
-            "send_errors": c.send_errors.load(Ordering::Relaxed),
+                        "send_errors": c.send_errors.load(Ordering::Relaxed),
+            "error_replies": self.errors.lock().values().sum::<u64>(),
+            "unacknowledged": c.sent.load(Ordering::Relaxed)
+                .saturating_sub(c.acked.load(Ordering::Relaxed) + self.errors.lock().values().sum::<u64>()),
             "expected_deliveries": expected,
             "delivered": delivered,
             "loss": loss,
@@ -497,8 +502,17 @@ pub fn check(args: &Args, report: &Report) -> Option<String> {
             return Some(format!("loss {loss:.6} is over --max-loss {max}"));
         }
     }
-    if report["failed_connects"].as_u64().unwrap_or(0) > 0 && args.max_loss.is_some() {
-        return Some(format!("{} connections failed", report["failed_connects"]));
+        if args.max_loss.is_some() {
+        // Loss is measured against acknowledged sends: sends never answered
+        // and connections that failed or were closed count as failures.
+        for key in ["failed_connects", "unacknowledged", "send_errors"] {
+            if report[key].as_u64().unwrap_or(0) > 0 {
+                return Some(format!("{key}: {}", report[key]));
+            }
+        }
+        if report["close_codes"].as_object().is_some_and(|m| !m.is_empty()) {
+            return Some(format!("connections closed during the run: {}", report["close_codes"]));
+        }
     }
     None
 }
