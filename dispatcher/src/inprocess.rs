@@ -165,6 +165,29 @@ impl Bus for InProcessBus {
         rx.await.map_err(|_| BusError::Closed)?
     }
 
+    async fn publish_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Published, BusError>> {
+        // Queue them all in order first, so one sequencer batch takes them.
+        let Some(tx) = self.tx.lock().clone() else {
+            return msgs.iter().map(|_| Err(BusError::Closed)).collect();
+        };
+        let mut waits = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let (reply, rx) = oneshot::channel();
+            waits.push(match tx.send((msg, reply)).await {
+                Ok(()) => Some(rx),
+                Err(_) => None,
+            });
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(match w {
+                Some(rx) => rx.await.unwrap_or(Err(BusError::Closed)),
+                None => Err(BusError::Closed),
+            });
+        }
+        out
+    }
+
     async fn publish_event(
         &self,
         room: Arc<str>,

@@ -119,6 +119,17 @@ pub trait Bus: Send + Sync + 'static {
     /// hands it to every node's sink, and returns its id.
     async fn publish(&self, msg: NewMessage) -> Result<Published, BusError>;
 
+    /// Publishes one sender's messages in order, in as few round trips as
+    /// the bus can (a pipeline, one sequencer batch). Results come back in
+    /// the same order; each message succeeds or fails on its own.
+    async fn publish_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Published, BusError>> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            out.push(self.publish(m).await);
+        }
+        out
+    }
+
     /// Delivers an ephemeral room event to every node.
     async fn publish_event(
         &self,

@@ -146,6 +146,17 @@ fn entry_id(id: u64) -> String {
     format!("{}-{}", protocol::id::millis(id), protocol::id::seq(id))
 }
 
+/// A message's stream entry fields: room, from, kind, body.
+fn message_fields(msg: &NewMessage) -> [(&'static str, &str); 4] {
+    let kind = if msg.ephemeral { "e" } else { "m" };
+    [
+        ("r", &*msg.room),
+        ("f", &*msg.from),
+        ("k", kind),
+        ("b", msg.body.as_str()),
+    ]
+}
+
 fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
     match map.get(name)? {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
@@ -324,25 +335,49 @@ impl Inner {
         Ok(c)
     }
 
-    async fn xadd(&self, room: &str, fields: &[(&str, &str)]) -> Result<u64, BusError> {
+    fn xadd_cmd(&self, key: &str, fields: &[(&str, &str)]) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.room_key(room))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.cfg.maxlen)
-            .arg("*");
+        cmd.arg(key).arg("MAXLEN").arg("~").arg(self.cfg.maxlen).arg("*");
         for (k, v) in fields {
             cmd.arg(*k).arg(*v);
         }
+        cmd
+    }
+
+    /// After a failed command: reconnect on the next publish when the
+    /// multiplexed connection may be dead.
+    async fn publisher_failed(&self, e: &redis::RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+            *self.publisher.lock().await = None;
+        }
+    }
+
+    /// XADDs to one stream in one pipeline, in order.
+    async fn xadd_pipeline(&self, key: &str, msgs: &[&NewMessage]) -> Result<Vec<u64>, BusError> {
+        let mut pipe = redis::pipe();
+        for m in msgs {
+            pipe.add_command(self.xadd_cmd(key, &message_fields(m)));
+        }
+        let mut conn = self.publisher().await?;
+        match pipe.query_async::<Vec<String>>(&mut conn).await {
+            Ok(ids) => ids
+                .iter()
+                .map(|id| parse_entry_id(id).ok_or_else(|| err("XADD", format!("unexpected entry id {id:?}"))))
+                .collect(),
+            Err(e) => {
+                self.publisher_failed(&e).await;
+                Err(err("XADD pipeline", e))
+            }
+        }
+    }
+
+    async fn xadd(&self, room: &str, fields: &[(&str, &str)]) -> Result<u64, BusError> {
+        let cmd = self.xadd_cmd(&self.room_key(room), fields);
         let mut conn = self.publisher().await?;
         match cmd.query_async::<String>(&mut conn).await {
             Ok(id) => parse_entry_id(&id).ok_or_else(|| err("XADD", format!("unexpected entry id {id:?}"))),
             Err(e) => {
-                // Reconnect on the next publish; the multiplexed connection
-                // may be dead.
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    *self.publisher.lock().await = None;
-                }
+                self.publisher_failed(&e).await;
                 Err(err("XADD", e))
             }
         }
@@ -602,15 +637,8 @@ async fn read_shard(inner: Arc<Inner>, shard: u32, cancel: CancellationToken, po
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, msg: NewMessage) -> Result<Published, BusError> {
-        let kind = if msg.ephemeral { "e" } else { "m" };
-        let fields = [
-            ("r", &*msg.room),
-            ("f", &*msg.from),
-            ("k", kind),
-            ("b", msg.body.as_str()),
-        ];
         let m = crate::metrics::get();
-        match self.inner.xadd(&msg.room, &fields).await {
+        match self.inner.xadd(&msg.room, &message_fields(&msg)).await {
             Ok(id) => {
                 m.published.increment(1);
                 Ok(Published {
@@ -623,6 +651,48 @@ impl Bus for RedisBus {
                 Err(e)
             }
         }
+    }
+
+    async fn publish_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Published, BusError>> {
+        // One pipeline per shard stream (a cluster routes a pipeline by its
+        // first key), all at once; order within a stream is kept.
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let key = self.inner.room_key(&m.room);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        let runs = groups.iter().map(|(key, idx)| {
+            let batch: Vec<&NewMessage> = idx.iter().map(|&i| &msgs[i]).collect();
+            async move { self.inner.xadd_pipeline(key, &batch).await }
+        });
+        let results = futures_util::future::join_all(runs).await;
+        let m = crate::metrics::get();
+        let mut out: Vec<Option<Result<Published, BusError>>> = msgs.iter().map(|_| None).collect();
+        for ((_, idx), result) in groups.iter().zip(results) {
+            match result {
+                Ok(ids) => {
+                    m.published.increment(ids.len() as u64);
+                    for (&i, id) in idx.iter().zip(ids) {
+                        out[i] = Some(Ok(Published {
+                            id,
+                            ts: protocol::id::millis(id),
+                        }));
+                    }
+                }
+                Err(e) => {
+                    m.publish_failures.increment(idx.len() as u64);
+                    for &i in idx {
+                        out[i] = Some(Err(BusError::Unavailable(e.to_string())));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BusError::Unavailable("not published".into()))))
+            .collect()
     }
 
     async fn publish_event(

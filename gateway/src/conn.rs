@@ -38,6 +38,8 @@ use crate::ws::{self, CountingIo, FrameTracker};
 
 /// Frames written in one vectored write.
 const MAX_IOV: usize = 64;
+/// Sends published in one batch at most.
+const MAX_SEND_BATCH: usize = 64;
 /// Frames one read burst handles before it pauses at a frame boundary.
 const MAX_BURST_FRAMES: u64 = 64;
 /// Most unread client bytes drained after a close frame.
@@ -94,6 +96,13 @@ enum End {
     Drop(&'static str),
 }
 
+/// A `send` checked and waiting to be published with the others of its
+/// read burst.
+struct PendingSend {
+    id: Option<i64>,
+    msg: NewMessage,
+}
+
 struct Joined {
     room: Arc<str>,
     /// Stored messages at or below this id were already sent (replay).
@@ -117,6 +126,8 @@ struct Session {
     /// `join`, `leave`, `history`, `presence`.
     request_bucket: Bucket,
     limited_since: Option<Instant>,
+    /// Sends of this burst not yet published (one pipeline for them all).
+    pending_sends: Vec<PendingSend>,
     end: Option<End>,
 }
 
@@ -143,6 +154,7 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: 
             now,
         ),
         limited_since: None,
+        pending_sends: Vec::new(),
         identity: None,
         rooms: Vec::new(),
         end: None,
@@ -303,7 +315,10 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
         // the connection: its half-read state is never used again.
         let read = tokio::select! {
             read = tokio::time::timeout(stall, ws.read_frame()) => read,
-            _ = shutdown.cancelled() => return Err(End::Close(close::GOING_AWAY, "node draining")),
+                        _ = shutdown.cancelled() => {
+                s.flush_sends().await;
+                return Err(End::Close(close::GOING_AWAY, "node draining"));
+            }
         };
         let frame = match read {
             Err(_) => return Err(End::Drop("stalled in the middle of a frame")),
@@ -313,7 +328,16 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
         returned += 1;
         s.on_frame(frame).await;
         if s.end.is_some() {
+            s.flush_sends().await;
             return Ok(());
+        }
+        // Sends are published together while more requests are already
+        // here; once none are, or the batch is full, out they go.
+        if !s.pending_sends.is_empty() {
+            let buffered = tracker.lock().completed > returned;
+            if !buffered || s.pending_sends.len() >= MAX_SEND_BATCH {
+                s.flush_sends().await;
+            }
         }
         let (has_output, own_bytes) = {
             let q = s.handle.queue.lock();
@@ -625,12 +649,17 @@ impl Session {
         let (id, req) = match protocol::parse_request(buf) {
             Ok(parsed) => parsed,
             Err(e) => {
+                self.flush_sends().await;
                 self.error(e.id, e.code, &e.message);
                 self.bad_frame();
                 return;
             }
         };
         metrics::request(req.op());
+        // Replies go out in request order: earlier sends are answered first.
+        if !matches!(req, Request::Send { .. }) {
+            self.flush_sends().await;
+        }
         let Some(identity) = self.identity.clone() else {
             match req {
                 Request::Auth { token } => self.on_auth(id, token.as_deref()),
@@ -809,42 +838,67 @@ impl Session {
         }
     }
 
+    /// Checks a send and queues it for the burst's batch.
     async fn on_send(&mut self, id: Option<i64>, identity: &Identity, room: String, body: String, ephemeral: bool) {
-        let Some(joined) = self.joined(&room) else {
-            return self.error(id, ErrorCode::Forbidden, &format!("join {room} before sending to it"));
-        };
-        let room = joined.room.clone();
-        let max = self.settings().max_body_bytes;
-        if body.len() > max {
-            return self.error(
-                id,
+        let joined = self.joined(&room).map(|j| j.room.clone());
+        let refusal = match joined {
+            None => Some((ErrorCode::Forbidden, format!("join {room} before sending to it"))),
+            Some(_) if body.len() > self.settings().max_body_bytes => Some((
                 ErrorCode::TooLarge,
-                &format!("body is {} bytes; the limit is {max}", body.len()),
-            );
-        }
-        if !self.rate_ok(true) {
-            return self.error(id, ErrorCode::RateLimited, "too many messages; slow down");
-        }
-        let started = Instant::now();
-        let msg = NewMessage {
-            room: room.clone(),
-            from: identity.user.clone(),
-            body,
-            ephemeral,
-        };
-        match self.node.bus.publish(msg).await {
-            Ok(p) => {
-                metrics::get().send_seconds.record(started.elapsed().as_secs_f64());
-                self.reply(
-                    Obj::new("ok")
-                        .id(id)
-                        .str("room", &room)
-                        .msg_id("msg", p.id)
-                        .num("ts", p.ts)
-                        .finish(),
-                );
+                format!(
+                    "body is {} bytes; the limit is {}",
+                    body.len(),
+                    self.settings().max_body_bytes
+                ),
+            )),
+            Some(_) if !self.rate_ok(true) => Some((ErrorCode::RateLimited, "too many messages; slow down".into())),
+            Some(room) => {
+                let msg = NewMessage {
+                    room,
+                    from: identity.user.clone(),
+                    body,
+                    ephemeral,
+                };
+                self.pending_sends.push(PendingSend { id, msg });
+                None
             }
-            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+        };
+        if let Some((code, message)) = refusal {
+            self.flush_sends().await;
+            self.error(id, code, &message);
+        }
+    }
+
+    /// Publishes the queued sends in one batch and answers each, in order.
+    async fn flush_sends(&mut self) {
+        if self.pending_sends.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending_sends);
+        let started = Instant::now();
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut msgs = Vec::with_capacity(batch.len());
+        for p in batch {
+            answers.push((p.id, p.msg.room.clone()));
+            msgs.push(p.msg);
+        }
+        let results = self.node.bus.publish_batch(msgs).await;
+        let took = started.elapsed().as_secs_f64();
+        for ((id, room), result) in answers.into_iter().zip(results) {
+            match result {
+                Ok(p) => {
+                    metrics::get().send_seconds.record(took);
+                    self.reply(
+                        Obj::new("ok")
+                            .id(id)
+                            .str("room", &room)
+                            .msg_id("msg", p.id)
+                            .num("ts", p.ts)
+                            .finish(),
+                    );
+                }
+                Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+            }
         }
     }
 

@@ -304,3 +304,15 @@ async fn a_gap_older_than_the_stream_window_is_not_recovered() {
     assert_eq!(replayed.last(), Some(&last));
     assert_eq!(replayed.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_keep_order_through_a_redis_cluster() {
+    // The two rooms live in different shard streams (so different slots):
+    // the batch becomes one pipeline per stream.
+    use dispatcher::redis_bus::shard_of;
+    assert_ne!(shard_of("pipe-a", 16), shard_of("pipe-b", 16));
+    let redis = RedisCluster::start(3);
+    let cluster = nodes(1, &cluster_flags(&redis), &[]);
+    let mut c = guest(&cluster.nodes[0].url()).await;
+    pipelined_sends_keep_order(&mut c).await;
+}

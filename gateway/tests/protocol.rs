@@ -734,3 +734,10 @@ async fn a_client_that_sends_but_never_reads_is_bounded() {
     // The node still serves others.
     assert_eq!(writer.request(json!({"op":"ping"})).await["op"], "pong");
 }
+
+#[tokio::test]
+async fn pipelined_sends_are_answered_in_order() {
+    let node = TestNode::start(&["--send-rate", "10000", "--send-burst", "10000"]).await;
+    let mut c = node.guest().await;
+    pipelined_sends_keep_order(&mut c).await;
+}

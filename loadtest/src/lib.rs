@@ -222,7 +222,7 @@ async fn read_loop(shared: Arc<Shared>, mut rx: SplitStream<Ws>, acks: Option<Ar
                             .delivery
                             .record(Duration::from_micros(now_micros().saturating_sub(sent)));
                     }
-                                } else if b.starts_with(br#"{"op":"ok""#) {
+                } else if b.starts_with(br#"{"op":"ok""#) {
                     let sent_at = match (&acks, reply_id(b)) {
                         (Some(acks), Some(id)) => acks.lock().remove(&id),
                         _ => None,
@@ -502,7 +502,7 @@ pub fn check(args: &Args, report: &Report) -> Option<String> {
             return Some(format!("loss {loss:.6} is over --max-loss {max}"));
         }
     }
-        if args.max_loss.is_some() {
+    if args.max_loss.is_some() {
         // Loss is measured against acknowledged sends: sends never answered
         // and connections that failed or were closed count as failures.
         for key in ["failed_connects", "unacknowledged", "send_errors"] {

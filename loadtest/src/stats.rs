@@ -25,7 +25,7 @@ pub struct Counters {
 /// A latency distribution in microseconds, 1 µs to 1 hour, 3 digits.
 pub struct Latency {
     id: usize,
-        parts: Mutex<Vec<Part>>,
+    parts: Mutex<Vec<Part>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);

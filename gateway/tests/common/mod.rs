@@ -342,3 +342,60 @@ pub async fn all_history(c: &mut Client, room: &str) -> Vec<u64> {
         ids.splice(0..0, page);
     }
 }
+
+/// Writes 200 sends over two rooms and a ping in one flush, and checks the
+/// replies come back in request order, ids ascending per room, the pong
+/// after every ack, and every message delivered in id order.
+pub async fn pipelined_sends_keep_order(c: &mut Client) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    c.join("pipe-a").await;
+    c.join("pipe-b").await;
+    for i in 0..200 {
+        let room = if i % 3 == 0 { "pipe-b" } else { "pipe-a" };
+        let frame = json!({"op":"send","id": 1000 + i,"room": room,"body": i});
+        c.ws.feed(Message::Text(frame.to_string().into())).await.unwrap();
+    }
+    c.ws.feed(Message::Text(json!({"op":"ping","id":5000}).to_string().into()))
+        .await
+        .unwrap();
+    c.ws.flush().await.unwrap();
+    let mut replies = Vec::new();
+    let mut events: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    while replies.len() < 201 {
+        let v = c.recv().await;
+        match v["op"].as_str() {
+            Some("msg") => events
+                .entry(v["room"].as_str().unwrap().to_string())
+                .or_default()
+                .push(msg_id(&v)),
+            Some("ok") | Some("pong") | Some("error") => replies.push(v),
+            _ => {}
+        }
+    }
+    let ids: Vec<i64> = replies.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let mut expected: Vec<i64> = (1000..1200).collect();
+    expected.push(5000);
+    assert_eq!(ids, expected, "replies in request order");
+    assert!(
+        replies[..200].iter().all(|r| r["op"] == "ok"),
+        "{:?}",
+        replies.iter().find(|r| r["op"] != "ok")
+    );
+    for room in ["pipe-a", "pipe-b"] {
+        let acked: Vec<u64> = replies[..200]
+            .iter()
+            .filter(|r| r["room"] == room)
+            .map(msg_id)
+            .collect();
+        assert!(
+            acked.windows(2).all(|w| w[0] < w[1]),
+            "{room}: acks ascend in send order"
+        );
+        while events.get(room).map_or(0, Vec::len) < acked.len() {
+            let v = c.next_msg(room).await;
+            events.entry(room.to_string()).or_default().push(msg_id(&v));
+        }
+        assert_eq!(events[room], acked, "{room}: delivered in id order");
+    }
+}
