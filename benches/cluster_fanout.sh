@@ -56,12 +56,18 @@ print(f"{name}: nodes={nodes} conns={r['connected']} rooms={r['rooms']} senders=
 PY
 }
 
-# Publish rate: many senders, few members, as fast as the gateways accept.
-run publish --connections 20 --rooms 20 --senders 40 --rate 200000
-# A room of 1,000 members.
-run room1000 --connections 1000 --rooms 1 --senders 4 --rate "${ROOM_RATE:-1000}"
-# 1,000 rooms of 10 members.
-run rooms1000x10 --connections 10000 --rooms 1000 --senders 20 --rate "${ROOMS_RATE:-20000}" --ramp 3000
+SHAPES=${SHAPES:-publish room1000 rooms1000x10}
+for shape in $SHAPES; do
+    case $shape in
+    # Publish rate: senders offer more than the node takes; acked/s is the rate.
+    publish) run publish --connections 20 --rooms 20 --senders 40 --rate "${PUBLISH_RATE:-60000}" ;;
+    # A room of 1,000 members (and 4 senders).
+    room1000) run room1000 --connections 1000 --rooms 1 --senders 4 --rate "${ROOM_RATE:-300}" ;;
+    # 1,000 rooms of 10 members (and 20 senders, one per 50 rooms).
+    rooms1000x10) run rooms1000x10 --connections 10000 --rooms 1000 --senders 20 --rate "${ROOMS_RATE:-10000}" --ramp 3000 ;;
+    esac
+done
+
 
 # The same box's raw XADD rate, pipelined like the gateway's connection.
 redis-cli -p "$port" del benchstream >/dev/null
