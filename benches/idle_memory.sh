@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Gateway resident memory per idle, authenticated connection (each in one
-# room). Starts a release gateway on a free loopback port, measures its RSS,
-# opens N connections from another process, measures again.
+# Gateway resident memory per idle, authenticated connection (each joined to
+# one of ROOMS rooms). Starts a release gateway on a free loopback port,
+# measures its RSS, holds N connections with `loadtest --scenario idle`,
+# waits until the node counts them all, and measures again.
 #   bash benches/idle_memory.sh [connections] [rooms]
 set -euo pipefail
 N=${1:-10000}
 ROOMS=${2:-100}
 cd "$(dirname "$0")/.."
-cargo build -q --release -p gateway --bin gateway --example idle_clients
+cargo build -q --release -p gateway -p loadtest
 TARGET=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 cleanup() { kill "${gw:-}" "${cl:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-"$TARGET/gateway" --listen 127.0.0.1:0 --data-dir "$work/data" --log-format json >"$work/gw.log" 2>&1 &
+"$TARGET/gateway" --listen 127.0.0.1:0 --data-dir "$work/data" --log-format json \
+    --request-burst 1000000 >"$work/gw.log" 2>&1 &
 gw=$!
 for _ in $(seq 1 200); do
     addr=$(grep -o '"addr":"[0-9.:]*"' "$work/gw.log" | head -1 | cut -d'"' -f4 || true)
@@ -24,20 +26,19 @@ done
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 tcp_pages() { awk '/^TCP:/ {for (i=1;i<=NF;i++) if ($i=="mem") print $(i+1)}' /proc/net/sockstat; }
+active() { curl -s "http://$addr/metrics" | awk '/^gateway_connections_active / {print int($2)}'; }
 base=$(rss $gw); base_tcp=$(tcp_pages)
 
-mkfifo "$work/hold"
-"$TARGET/examples/idle_clients" "ws://$addr/ws" "$N" "$ROOMS" <"$work/hold" >"$work/cl.out" &
+"$TARGET/loadtest" --url "ws://$addr/ws" --scenario idle --connections "$N" --rooms "$ROOMS" \
+    --duration 1h --source-ips 50 --quiet >"$work/lt.json" 2>"$work/lt.err" &
 cl=$!
-exec 3>"$work/hold"
 for _ in $(seq 1 1200); do
-    grep -q '^ready' "$work/cl.out" 2>/dev/null && break
-    kill -0 $cl 2>/dev/null || { echo "client failed"; exit 1; }
+    [ "$(active || echo 0)" = "$N" ] && break
+    kill -0 $cl 2>/dev/null || { cat "$work/lt.err"; exit 1; }
     sleep 0.1
 done
-grep -q '^ready' "$work/cl.out" || { echo "clients not ready"; exit 1; }
+[ "$(active)" = "$N" ] || { echo "only $(active) of $N connected"; exit 1; }
 loaded=$(rss $gw); loaded_tcp=$(tcp_pages)
-exec 3>&-
 
 per_conn=$(( (loaded - base) * 1024 / N ))
 page=$(getconf PAGESIZE)
