@@ -14,6 +14,7 @@
 
 pub mod inprocess;
 mod metrics;
+pub mod persister;
 pub mod redis_bus;
 pub mod redis_conn;
 

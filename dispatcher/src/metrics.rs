@@ -13,6 +13,10 @@ pub(crate) struct BusMetrics {
     pub reader_errors: Counter,
     pub readers_active: Gauge,
     pub ready: Gauge,
+    pub persisted: Counter,
+    pub persist_errors: Counter,
+    pub persist_conflicts: Counter,
+    pub persister_lag: Gauge,
 }
 
 pub(crate) fn get() -> &'static BusMetrics {
@@ -26,5 +30,9 @@ pub(crate) fn get() -> &'static BusMetrics {
         reader_errors: counter!("gateway_bus_reader_errors_total"),
         readers_active: gauge!("gateway_bus_shard_readers"),
         ready: gauge!("gateway_bus_ready"),
+        persisted: counter!("gateway_persister_entries_total"),
+        persist_errors: counter!("gateway_persister_errors_total"),
+        persist_conflicts: counter!("gateway_persister_id_conflicts_total"),
+        persister_lag: gauge!("gateway_persister_lag_entries"),
     })
 }

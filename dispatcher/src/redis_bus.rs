@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::redis_conn::{Conn, Pool, Target};
 use crate::{Bus, BusError, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
+use storage::HistoryStore;
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A shard nobody local reads any more is kept this long, in case a member
@@ -61,6 +62,8 @@ pub struct RedisBusConfig {
     pub read_count: usize,
     /// `XREAD BLOCK` time.
     pub block: Duration,
+    /// How often streams are trimmed.
+    pub trim_every: Duration,
     /// A node's heartbeat key (its lease and its presence) lives this long
     /// without a refresh; refreshed every second.
     pub node_ttl: Duration,
@@ -76,6 +79,7 @@ struct Inner {
     /// Value of this node's heartbeat key, so it only refreshes its own.
     token: String,
     sink: Arc<dyn Sink>,
+    store: Option<Arc<dyn HistoryStore>>,
     pool: Pool,
     publisher: tokio::sync::Mutex<Option<Conn>>,
     shards: Vec<Mutex<ShardInterest>>,
@@ -102,6 +106,9 @@ struct ReaderHandle {
 /// The parts of `XINFO STREAM` the bus uses.
 struct StreamInfo {
     last_id: String,
+    length: u64,
+    /// The newest entry still in the stream.
+    last: u64,
     /// Highest id removed by `XDEL` (Redis 7 does not count trimming here).
     max_deleted: u64,
     /// The oldest entry still in the stream.
@@ -146,6 +153,26 @@ fn entry_id(id: u64) -> String {
     format!("{}-{}", protocol::id::millis(id), protocol::id::seq(id))
 }
 
+/// The key of a shard stream; its hash tag gives each shard its own slot.
+pub fn stream_key(prefix: &str, shard: u32) -> String {
+    format!("{prefix}:{{s{shard}}}")
+}
+
+/// A stored (`m`) entry as a message; `None` for ephemeral entries.
+pub fn entry_to_message(entry: &StreamId) -> Option<StoredMessage> {
+    if field(&entry.map, "k").as_deref() != Some("m") {
+        return None;
+    }
+    let id = parse_entry_id(&entry.id)?;
+    Some(StoredMessage {
+        room: field(&entry.map, "r")?,
+        id,
+        from: field(&entry.map, "f")?,
+        ts: protocol::id::millis(id),
+        body: field(&entry.map, "b")?,
+    })
+}
+
 /// A message's stream entry fields: room, from, kind, body.
 fn message_fields(msg: &NewMessage) -> [(&'static str, &str); 4] {
     let kind = if msg.ephemeral { "e" } else { "m" };
@@ -155,6 +182,37 @@ fn message_fields(msg: &NewMessage) -> [(&'static str, &str); 4] {
         ("k", kind),
         ("b", msg.body.as_str()),
     ]
+}
+
+/// A RESP2 flat array or RESP3 map as key/value pairs.
+fn flat_map(v: Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [Value::BulkString(k), v] => Some((String::from_utf8_lossy(k).into_owned(), v.clone())),
+                [Value::SimpleString(k), v] => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(items) => items
+            .into_iter()
+            .filter_map(|(k, v)| redis::from_redis_value::<String>(k).ok().map(|k| (k, v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Ascending, without duplicate ids; `newest` keeps the last `limit`.
+fn merge(mut a: Vec<StoredMessage>, b: Vec<StoredMessage>, limit: usize, newest: bool) -> Vec<StoredMessage> {
+    a.extend(b);
+    a.sort_by_key(|m| m.id);
+    a.dedup_by_key(|m| m.id);
+    if newest && a.len() > limit {
+        a.drain(..a.len() - limit);
+    }
+    a.truncate(limit);
+    a
 }
 
 fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
@@ -172,7 +230,13 @@ fn err(what: &str, e: impl std::fmt::Display) -> BusError {
 impl RedisBus {
     /// Connects, leases a node id if none is configured, and starts the
     /// heartbeat. Fails when Redis cannot be reached now.
-    pub async fn connect(cfg: RedisBusConfig, sink: Arc<dyn Sink>) -> Result<RedisBus, BusError> {
+    /// `store`: the history store a persister fills; without one, history
+    /// and recovery reach back only as far as the stream window.
+    pub async fn connect(
+        cfg: RedisBusConfig,
+        sink: Arc<dyn Sink>,
+        store: Option<Arc<dyn HistoryStore>>,
+    ) -> Result<RedisBus, BusError> {
         let pool = cfg.target.pool(32)?;
         let ttl_ms = cfg.node_ttl.as_millis() as u64;
         let mut conn = pool.get().await?;
@@ -212,6 +276,7 @@ impl RedisBus {
             node_id,
             token,
             sink,
+            store,
             pool,
             publisher: tokio::sync::Mutex::new(Some(publisher)),
             ready: AtomicBool::new(true),
@@ -286,18 +351,8 @@ async fn heartbeat(inner: Arc<Inner>) {
             if r == 0 {
                 tracing::error!(node = %inner.node_id, "another process holds this node's id");
             }
-            if tick.is_multiple_of(60) && !inner.cfg.max_age.is_zero() {
-                let min = now_ms().saturating_sub(inner.cfg.max_age.as_millis() as u64);
-                for shard in 0..inner.cfg.shards {
-                    redis::cmd("XTRIM")
-                        .arg(inner.key(shard))
-                        .arg("MINID")
-                        .arg("~")
-                        .arg(format!("{min}-0"))
-                        .query_async::<i64>(&mut conn)
-                        .await
-                        .map_err(|e| err("XTRIM", e))?;
-                }
+            if tick.is_multiple_of(inner.cfg.trim_every.as_secs().max(1)) {
+                inner.trim(&mut conn).await?;
             }
             Ok::<_, BusError>(())
         }
@@ -314,7 +369,7 @@ async fn heartbeat(inner: Arc<Inner>) {
 
 impl Inner {
     fn key(&self, shard: u32) -> String {
-        format!("{}:{{s{shard}}}", self.cfg.prefix)
+        stream_key(&self.cfg.prefix, shard)
     }
 
     fn room_key(&self, room: &str) -> String {
@@ -337,7 +392,13 @@ impl Inner {
 
     fn xadd_cmd(&self, key: &str, fields: &[(&str, &str)]) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(key).arg("MAXLEN").arg("~").arg(self.cfg.maxlen).arg("*");
+        cmd.arg(key);
+        // With a store, the trim task cuts streams only below what the
+        // persister has stored; without one, the window is all there is.
+        if self.store.is_none() {
+            cmd.arg("MAXLEN").arg("~").arg(self.cfg.maxlen);
+        }
+        cmd.arg("*");
         for (k, v) in fields {
             cmd.arg(*k).arg(*v);
         }
@@ -433,6 +494,7 @@ impl Inner {
     }
 
     /// What `XINFO STREAM` says of a stream (`None` when it does not exist).
+    /// (`last` is the last generated id: entries are never deleted one by one.)
     async fn stream_info(&self, conn: &mut impl ConnectionLike, key: &str) -> Result<Option<StreamInfo>, BusError> {
         let reply: Result<Value, _> = redis::cmd("XINFO").arg("STREAM").arg(key).query_async(conn).await;
         let value = match reply {
@@ -470,6 +532,8 @@ impl Inner {
         let id = |name: &str| get(name).and_then(|id| parse_entry_id(&id)).unwrap_or(0);
         Ok(Some(StreamInfo {
             last_id: get("last-generated-id").unwrap_or_else(|| "0-0".into()),
+            length: num("length").unwrap_or(0),
+            last: id("last-generated-id"),
             max_deleted: id("max-deleted-entry-id"),
             first: id("recorded-first-entry-id"),
             removed_any: num("entries-added").unwrap_or(0) > num("length").unwrap_or(0),
@@ -545,6 +609,104 @@ impl Inner {
         out.truncate(limit);
         out.reverse();
         Ok(out)
+    }
+
+    /// Trims every shard stream to the window (`max_age`, about `maxlen`
+    /// entries), and, with a store, never past the oldest entry the
+    /// persister has not stored.
+    async fn trim(&self, conn: &mut impl ConnectionLike) -> Result<(), BusError> {
+        let age_cut = if self.cfg.max_age.is_zero() {
+            0
+        } else {
+            protocol::id::pack(now_ms().saturating_sub(self.cfg.max_age.as_millis() as u64), 0)
+        };
+        let mut lag = 0;
+        for shard in 0..self.cfg.shards {
+            let key = self.key(shard);
+            let Some(info) = self.stream_info(conn, &key).await? else {
+                continue;
+            };
+            let mut cut = age_cut;
+            if self.store.is_some() {
+                // About `maxlen` newest entries: ids are timestamps, so the
+                // cut between first and last is proportional to the excess.
+                if info.length > self.cfg.maxlen as u64 {
+                    let (first, last) = (protocol::id::millis(info.first), protocol::id::millis(info.last));
+                    let excess = info.length - self.cfg.maxlen as u64;
+                    let ms = first + (last.saturating_sub(first) as u128 * excess as u128 / info.length as u128) as u64;
+                    cut = cut.max(protocol::id::pack(ms, 0));
+                }
+                match self.persisted_below(conn, &key).await? {
+                    Some((safe, behind)) => {
+                        cut = cut.min(safe);
+                        lag += behind;
+                    }
+                    // No persister has read this stream yet: keep it all.
+                    None => continue,
+                }
+            }
+            if cut > info.first {
+                redis::cmd("XTRIM")
+                    .arg(&key)
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(entry_id(cut))
+                    .query_async::<i64>(conn)
+                    .await
+                    .map_err(|e| err("XTRIM", e))?;
+            }
+        }
+        if self.store.is_some() {
+            crate::metrics::get().persister_lag.set(lag as f64);
+        }
+        Ok(())
+    }
+
+    /// The lowest id the persister still needs (everything below is
+    /// stored), and how many entries it has not read yet.
+    async fn persisted_below(&self, conn: &mut impl ConnectionLike, key: &str) -> Result<Option<(u64, u64)>, BusError> {
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .map_err(|e| err("XINFO GROUPS", e))?;
+        let Value::Array(groups) = groups else { return Ok(None) };
+        for g in groups {
+            let fields = flat_map(g);
+            let text = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok())
+            };
+            if text("name").as_deref() != Some(crate::persister::GROUP) {
+                continue;
+            }
+            let delivered = text("last-delivered-id")
+                .and_then(|id| parse_entry_id(&id))
+                .unwrap_or(0);
+            let pending: u64 = text("pending").and_then(|p| p.parse().ok()).unwrap_or(0);
+            let behind: u64 = text("lag").and_then(|p| p.parse().ok()).unwrap_or(0);
+            if pending == 0 {
+                return Ok(Some((delivered + 1, behind)));
+            }
+            let summary: Value = redis::cmd("XPENDING")
+                .arg(key)
+                .arg(crate::persister::GROUP)
+                .query_async(conn)
+                .await
+                .map_err(|e| err("XPENDING", e))?;
+            let oldest = match summary {
+                Value::Array(parts) => parts
+                    .get(1)
+                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()),
+                _ => None,
+            };
+            let oldest = oldest.and_then(|id| parse_entry_id(&id)).unwrap_or(0);
+            return Ok(Some((oldest.min(delivered + 1), behind)));
+        }
+        Ok(None)
     }
 
     fn start_reader(self: &Arc<Self>, shard: u32) -> ReaderHandle {
@@ -721,20 +883,41 @@ impl Bus for RedisBus {
         let mut conn = self.inner.pool.get().await?;
         let info = self.inner.stream_info(&mut conn, &self.inner.room_key(room)).await?;
         drop(conn);
-        // Entries after `since` were trimmed: the window cannot close the gap.
-        if info.is_some_and(|i| !i.covers(since)) {
-            return Ok(Replay {
-                messages: Vec::new(),
-                complete: false,
-            });
-        }
-        let mut messages = self.inner.scan_forward(room, since, limit).await?;
+        let covered = info.is_none_or(|i| i.covers(since));
+        let mut messages = match (&self.inner.store, covered) {
+            (_, true) => self.inner.scan_forward(room, since, limit).await?,
+            // Entries after `since` were trimmed and there is no store: the
+            // window cannot close the gap.
+            (None, false) => {
+                return Ok(Replay {
+                    messages: Vec::new(),
+                    complete: false,
+                });
+            }
+            // Trimmed entries were stored first; unstored ones are still in
+            // the window: together they close the gap.
+            (Some(store), false) => {
+                let stored = store.page(room, Page::After(since), limit + 1).await?;
+                let window = self.inner.scan_forward(room, since, limit).await?;
+                merge(stored, window, limit + 1, false)
+            }
+        };
         let complete = messages.len() <= limit;
         messages.truncate(limit);
         Ok(Replay { messages, complete })
     }
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
+        if let Some(store) = &self.inner.store {
+            // The store has what was trimmed, the window what is not stored yet.
+            let stored = store.page(room, page, limit).await?;
+            let window = match page {
+                Page::Newest => self.inner.scan_backward(room, None, limit).await?,
+                Page::Before(b) => self.inner.scan_backward(room, Some(b), limit).await?,
+                Page::After(a) => self.inner.scan_forward(room, a, limit).await?,
+            };
+            return Ok(merge(stored, window, limit, !matches!(page, Page::After(_))));
+        }
         match page {
             Page::Newest => self.inner.scan_backward(room, None, limit).await,
             Page::Before(b) => self.inner.scan_backward(room, Some(b), limit).await,
@@ -877,6 +1060,8 @@ mod tests {
     fn window_coverage() {
         let info = |first, removed_any, max_deleted| StreamInfo {
             last_id: String::new(),
+            length: 0,
+            last: 0,
             max_deleted,
             first,
             removed_any,
@@ -886,6 +1071,30 @@ mod tests {
         assert!(info(100, true, 0).covers(100));
         assert!(info(100, true, 0).covers(150));
         assert!(!info(100, false, 120).covers(110), "an entry after since was deleted");
+    }
+
+    #[test]
+    fn merge_keeps_one_of_each_in_order() {
+        let m = |id| StoredMessage {
+            room: "r".into(),
+            id,
+            from: "u".into(),
+            ts: 0,
+            body: "1".into(),
+        };
+        let ids = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(merge(vec![m(1), m(3), m(5)], vec![m(3), m(4), m(6)], 10, false)),
+            vec![1, 3, 4, 5, 6]
+        );
+        assert_eq!(
+            ids(merge(vec![m(1), m(3), m(5)], vec![m(4), m(6)], 3, false)),
+            vec![1, 3, 4]
+        );
+        assert_eq!(
+            ids(merge(vec![m(1), m(3), m(5)], vec![m(4), m(6)], 3, true)),
+            vec![4, 5, 6]
+        );
     }
 
     #[test]

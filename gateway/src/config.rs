@@ -77,6 +77,45 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_STREAM_MAXLEN", default_value_t = 100_000)]
     pub stream_maxlen: usize,
 
+    /// ScyllaDB (or Cassandra) contact points, `host:port`, comma-separated.
+    /// Unset: the embedded store (one node), or the stream window only.
+    #[arg(long, env = "GATEWAY_SCYLLA_NODES", value_delimiter = ',')]
+    pub scylla_nodes: Vec<String>,
+
+    /// Keyspace of the history tables.
+    #[arg(long, env = "GATEWAY_SCYLLA_KEYSPACE", default_value = "chat")]
+    pub scylla_keyspace: String,
+
+    /// Keyspace replication: `simple:<factor>` or `nts:<dc>=<factor>,...`.
+    #[arg(long, env = "GATEWAY_SCYLLA_REPLICATION", default_value = "simple:1")]
+    pub scylla_replication: String,
+
+    /// Time one history partition of a room covers.
+    #[arg(long, env = "GATEWAY_SCYLLA_BUCKET", default_value = "1day", value_parser = humantime::parse_duration)]
+    pub scylla_bucket: Duration,
+
+    /// Run the persister (Redis streams into ScyllaDB) inside this node.
+    /// Off when standalone `dispatcher` processes do it.
+    #[arg(long, env = "GATEWAY_PERSISTER", default_value_t = true, action = ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub persister: bool,
+
+    /// Most entries the persister writes in one batch.
+    #[arg(long, env = "GATEWAY_PERSISTER_BATCH", default_value_t = 512)]
+    pub persister_batch: usize,
+
+    /// Longest the persister waits to fill a batch.
+    #[arg(long, env = "GATEWAY_PERSISTER_WAIT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub persister_wait: Duration,
+
+    /// Entries a stopped persister left pending this long are taken over.
+    #[arg(long, env = "GATEWAY_PERSISTER_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub persister_claim_idle: Duration,
+
+    /// How often shard streams are trimmed to the window.
+    #[arg(long, env = "GATEWAY_STREAM_TRIM_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stream_trim_interval: Duration,
+
     /// A node's Redis heartbeat lives this long: a dead node's users leave
     /// presence, and its leased node id frees, within it.
     #[arg(long, env = "GATEWAY_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -229,6 +268,8 @@ pub struct Settings {
     pub shards: usize,
     /// The cluster bus's Redis, when configured.
     pub redis: Option<Target>,
+    /// The CQL history store, when configured.
+    pub scylla: Option<storage::CqlConfig>,
 }
 
 fn check_redis_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
@@ -327,6 +368,38 @@ impl Config {
         if !(1..=1024).contains(&c.stream_shards) {
             return Err(invalid("stream_shards", "must be from 1 to 1024"));
         }
+        let scylla = if c.scylla_nodes.is_empty() {
+            None
+        } else {
+            let replication =
+                storage::Replication::parse(&c.scylla_replication).map_err(|e| invalid("scylla_replication", e))?;
+            if c.scylla_keyspace.is_empty()
+                || !c
+                    .scylla_keyspace
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(invalid("scylla_keyspace", "use letters, digits and _"));
+            }
+            if c.scylla_bucket < Duration::from_secs(60) {
+                return Err(invalid("scylla_bucket", "must be at least 1m"));
+            }
+            Some(storage::CqlConfig {
+                nodes: c.scylla_nodes.clone(),
+                keyspace: c.scylla_keyspace.clone(),
+                replication,
+                bucket: c.scylla_bucket,
+            })
+        };
+        if c.persister_batch == 0 || c.persister_wait.is_zero() || c.persister_claim_idle < Duration::from_secs(1) {
+            return Err(invalid(
+                "persister_batch",
+                "persister_batch and persister_wait must be more than 0, persister_claim_idle at least 1s",
+            ));
+        }
+        if c.stream_trim_interval < Duration::from_secs(1) {
+            return Err(invalid("stream_trim_interval", "must be at least 1s"));
+        }
         if c.presence_ttl < Duration::from_secs(2) {
             return Err(invalid(
                 "presence_ttl",
@@ -406,6 +479,7 @@ impl Config {
             anonymous,
             shards,
             redis,
+            scylla,
         })
     }
 

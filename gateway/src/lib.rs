@@ -26,9 +26,10 @@ use std::time::Duration;
 
 use dispatcher::Bus;
 use dispatcher::inprocess::InProcessBus;
+use dispatcher::persister::PersisterConfig;
 use dispatcher::redis_bus::{RedisBus, RedisBusConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
-use storage::{EmbeddedStore, HistoryStore, StorageError};
+use storage::{CqlStore, EmbeddedStore, HistoryStore, StorageError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -74,6 +75,11 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let c = &settings.config;
     let hub = hub::Hub::new(settings.shards, c.outbound_queue);
     let sink = Arc::new(hub::Router { hub: hub.clone() });
+    let cql: Option<Arc<dyn HistoryStore>> = match &settings.scylla {
+        Some(cfg) => Some(Arc::new(CqlStore::connect(cfg).await?)),
+        None => None,
+    };
+    let mut persister = None;
     let (bus, node_id): (Arc<dyn Bus>, String) = match &settings.redis {
         Some(target) => {
             let config = RedisBusConfig {
@@ -85,28 +91,51 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
                 node_id: c.node_id.clone(),
                 read_count: 512,
                 block: Duration::from_secs(5),
+                trim_every: c.stream_trim_interval,
                 node_ttl: c.presence_ttl,
             };
-            let bus = RedisBus::connect(config, sink).await?;
+            let bus = RedisBus::connect(config.clone(), sink, cql.clone()).await?;
             let id = bus.node_id().to_string();
-            tracing::warn!(
-                entries_per_shard = c.stream_maxlen,
-                max_age = ?c.stream_max_age,
-                "Redis without ScyllaDB: history and recovery reach back only as far as the stream window"
-            );
+            match &cql {
+                None => tracing::warn!(
+                    entries_per_shard = c.stream_maxlen,
+                    max_age = ?c.stream_max_age,
+                    "Redis without ScyllaDB: history and recovery reach back only as far as the stream window"
+                ),
+                Some(store) if c.persister => {
+                    let cfg = PersisterConfig {
+                        bus: config,
+                        consumer: id.clone(),
+                        batch_max: c.persister_batch,
+                        batch_wait: c.persister_wait,
+                        claim_idle: c.persister_claim_idle,
+                    };
+                    persister = Some((cfg, store.clone()));
+                }
+                Some(_) => tracing::info!("persister off here: standalone dispatchers store the streams"),
+            }
             (Arc::new(bus), id)
         }
         None => {
-            let store: Arc<dyn HistoryStore> = Arc::new(EmbeddedStore::open(&c.data_dir)?);
+            let store: Arc<dyn HistoryStore> = match cql {
+                Some(store) => store,
+                None => Arc::new(EmbeddedStore::open(&c.data_dir)?),
+            };
             let id = c.node_id.clone().unwrap_or_else(|| "gw-0".into());
             (Arc::new(InProcessBus::new(store, sink)), id)
         }
     };
+    // The persister outlives the drain: it stops after the bus is closed.
+    let persister_stop = CancellationToken::new();
+    let persister_task =
+        persister.map(|(cfg, store)| tokio::spawn(dispatcher::persister::run(cfg, store, persister_stop.clone())));
     let addr = listener.local_addr().map_err(GatewayError::Listener)?;
     tracing::info!(
         %addr,
         node = %node_id,
-        bus = if settings.redis.is_some() { "redis" } else { "in-process" },
+                bus = if settings.redis.is_some() { "redis" } else { "in-process" },
+        store = if settings.scylla.is_some() { "cql" } else if settings.redis.is_some() { "stream window" } else { "embedded" },
+        persister = persister_task.is_some(),
         shards = settings.shards,
         anonymous = settings.anonymous,
         jwt = settings.jwt.as_ref().map(|j| format!("{:?}", j.algorithm)).unwrap_or_else(|| "off".into()),
@@ -167,6 +196,10 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         );
     }
     node.bus.close().await;
+    persister_stop.cancel();
+    if let Some(task) = persister_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     tracing::info!("drained");
     Ok(())
 }

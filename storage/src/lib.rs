@@ -3,12 +3,15 @@
 //!
 //! - [`embedded`]: a durable store in one redb file under the node's data
 //!   directory, for a single node with no external services.
+//! - [`cql`]: ScyllaDB (or Cassandra) for a cluster, partitioned by room
+//!   and time bucket.
 //! - [`suite`] (feature `test-suite`): the conformance tests every store
 //!   runs, so the embedded and the CQL store behave the same.
 //!
 //! This crate knows nothing of the bus or of WebSockets: it stores
 //! messages by `(room, id)` and pages them back in ascending id order.
 
+pub mod cql;
 pub mod embedded;
 mod metrics;
 #[cfg(any(test, feature = "test-suite"))]
@@ -16,6 +19,7 @@ pub mod suite;
 
 use async_trait::async_trait;
 
+pub use cql::{CqlConfig, CqlStore, Replication};
 pub use embedded::EmbeddedStore;
 
 /// One chat message as history keeps it.
@@ -64,6 +68,8 @@ pub enum StorageError {
     },
     #[error("embedded store {op}: {detail}")]
     Embedded { op: &'static str, detail: String },
+    #[error("CQL store {op}: {detail}")]
+    Cql { op: &'static str, detail: String },
     #[error("the store is shut down")]
     Closed,
 }

@@ -35,6 +35,7 @@ pub async fn run_all(store: &dyn HistoryStore) {
     empty_room(store, &room("empty")).await;
     ordering_and_paging(store, &room("paging"), &room("paging-neighbour")).await;
     idempotent_rewrites(store, &room("idem")).await;
+    across_buckets(store, &room("buckets")).await;
     long_room(store, &room("long")).await;
 }
 
@@ -124,4 +125,43 @@ pub async fn long_room(store: &dyn HistoryStore, room: &str) {
         vec![9_999, 10_000]
     );
     assert_eq!(store.last_id(room).await.unwrap(), Some(N));
+}
+
+/// Messages days apart (so in different time buckets of a bucketed store),
+/// with empty days between: every page direction crosses buckets.
+pub async fn across_buckets(store: &dyn HistoryStore, room: &str) {
+    const DAY: u64 = 86_400_000;
+    let base = 1_700_000_000_000 / DAY * DAY;
+    let mut ids = Vec::new();
+    for day in [0u64, 1, 4, 5, 9] {
+        for k in 0..3 {
+            ids.push(((base + day * DAY + k * 1000) << 22) | k);
+        }
+    }
+    let batch: Vec<StoredMessage> = ids.iter().map(|&id| message(room, id)).collect();
+    store.append(batch).await.unwrap();
+    assert_eq!(
+        ids_of(&store.page(room, Page::Newest, 4).await.unwrap()),
+        ids[11..].to_vec()
+    );
+    assert_eq!(
+        ids_of(&store.page(room, Page::Before(ids[7]), 5).await.unwrap()),
+        ids[2..7].to_vec()
+    );
+    assert_eq!(
+        ids_of(&store.page(room, Page::After(ids[1]), 6).await.unwrap()),
+        ids[2..8].to_vec()
+    );
+    assert_eq!(ids_of(&store.page(room, Page::After(0), 100).await.unwrap()), ids);
+    assert_eq!(
+        ids_of(&store.page(room, Page::Before(u64::MAX), 100).await.unwrap()),
+        ids
+    );
+    assert!(store.page(room, Page::Before(ids[0]), 10).await.unwrap().is_empty());
+    assert!(store.page(room, Page::After(ids[14]), 10).await.unwrap().is_empty());
+    assert_eq!(store.last_id(room).await.unwrap(), Some(ids[14]));
+}
+
+fn ids_of(page: &[StoredMessage]) -> Vec<u64> {
+    page.iter().map(|m| m.id).collect()
 }

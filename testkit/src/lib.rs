@@ -218,7 +218,14 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(binary: &str, data_dir: &Path, args: &[&str]) -> GatewayProcess {
-        let mut child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        // Configured by its flags alone, whatever GATEWAY_* the caller has.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GATEWAY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -281,4 +288,23 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         kill(&mut self.child);
     }
+}
+
+/// The CQL server the tests use: `CHAT_TEST_CQL_NODES`, which
+/// `scripts/test.sh` sets (from `scripts/services.sh up cassandra`, or from
+/// a `GATEWAY_SCYLLA_NODES` given to it).
+pub fn cql_nodes() -> Vec<String> {
+    match std::env::var("CHAT_TEST_CQL_NODES") {
+        Ok(n) if !n.is_empty() => n.split(',').map(str::to_string).collect(),
+        _ => panic!("CHAT_TEST_CQL_NODES is not set: run the tests with scripts/test.sh, which starts a CQL server"),
+    }
+}
+
+/// A keyspace name no other test run uses.
+pub fn fresh_keyspace(tag: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t_{tag}_{}", n % 1_000_000_000_000)
 }
