@@ -35,8 +35,10 @@ use stats::{Counters, Latency};
 pub enum Scenario {
     /// Connect, authenticate, join, and hold the connections.
     Idle,
-    /// Members in rooms; senders publish at a total rate; measure delivery.
+        /// Members in rooms; senders publish at a total rate; measure delivery.
     Fanout,
+    /// Each connection asks for a history page, waits, asks again.
+    History,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -91,9 +93,18 @@ pub struct Args {
     /// Fail (exit 1) when more than this fraction of expected deliveries is missing.
     #[arg(long)]
     pub max_loss: Option<f64>,
-    /// No live progress.
+        /// No live progress.
     #[arg(long)]
     pub quiet: bool,
+    /// history: the room to page (default: the first room).
+    #[arg(long)]
+    pub history_room: Option<String>,
+    /// history: messages per page.
+    #[arg(long, default_value_t = 50)]
+    pub history_limit: usize,
+    /// history: page before this message id (a deep page); default newest.
+    #[arg(long)]
+    pub history_before: Option<u64>,
 }
 
 impl Args {
@@ -143,8 +154,9 @@ struct Shared {
     args: Args,
     counters: Counters,
     connect: Latency,
-    ack: Latency,
+        ack: Latency,
     delivery: Latency,
+    history: Latency,
     errors: Mutex<BTreeMap<String, u64>>,
     closes: Mutex<BTreeMap<String, u64>>,
     /// Members of each room (senders included), fixed before sending starts.
@@ -324,6 +336,32 @@ async fn send_loop(
     }
 }
 
+/// Asks for the same history page again and again until `until`.
+async fn history_loop(shared: Arc<Shared>, mut ws: Ws, frame: String, until: Instant) {
+    while Instant::now() < until {
+        let started = Instant::now();
+        if ws.send(Message::Text(frame.clone().into())).await.is_err() {
+            return;
+        }
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.starts_with(r#"{"op":"history""#) => {
+                    shared.history.record(started.elapsed());
+                    shared.counters.acked.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Some(Ok(Message::Text(t))) if t.starts_with(r#"{"op":"error""#) => {
+                    *shared.errors.lock().entry("history".into()).or_default() += 1;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+        shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The outcome of one run.
 pub type Report = serde_json::Value;
 
@@ -335,8 +373,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         args: args.clone(),
         counters: Counters::default(),
         connect: Latency::new(),
-        ack: Latency::new(),
+                ack: Latency::new(),
         delivery: Latency::new(),
+        history: Latency::new(),
         errors: Mutex::default(),
         closes: Mutex::default(),
         expected: AtomicU64::new(0),
@@ -431,6 +470,23 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             }
             last = now;
         }
+        } else if args.scenario == Scenario::History {
+        let until = Instant::now() + args.duration;
+        let room = args.history_room.clone().unwrap_or_else(|| args.room(0));
+        let mut frame = json!({"op":"history","room":room,"limit":args.history_limit});
+        if let Some(b) = args.history_before {
+            frame["before"] = json!(b.to_string());
+        }
+        // The member connections' read halves are taken: open fresh ones.
+        let mut askers = Vec::new();
+        for i in 0..args.senders.max(1) {
+            let ws = open(&shared, args.connections + i, &[]).await.context("opening a history reader")?;
+            let (shared, frame) = (shared.clone(), frame.to_string());
+            askers.push(tokio::spawn(async move { history_loop(shared, ws, frame, until).await }));
+        }
+        for a in askers {
+            let _ = a.await;
+        }
     } else {
         tokio::time::sleep(args.duration).await;
     }
@@ -478,7 +534,8 @@ impl Shared {
             "latency_ms": {
                 "connect": self.connect.summary(),
                 "ack": self.ack.summary(),
-                "delivery": self.delivery.summary(),
+                                "delivery": self.delivery.summary(),
+                "history": self.history.summary(),
             },
             "errors": *self.errors.lock(),
             "close_codes": *self.closes.lock(),
