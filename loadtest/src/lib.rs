@@ -35,7 +35,7 @@ use stats::{Counters, Latency};
 pub enum Scenario {
     /// Connect, authenticate, join, and hold the connections.
     Idle,
-        /// Members in rooms; senders publish at a total rate; measure delivery.
+    /// Members in rooms; senders publish at a total rate; measure delivery.
     Fanout,
     /// Each connection asks for a history page, waits, asks again.
     History,
@@ -93,7 +93,7 @@ pub struct Args {
     /// Fail (exit 1) when more than this fraction of expected deliveries is missing.
     #[arg(long)]
     pub max_loss: Option<f64>,
-        /// No live progress.
+    /// No live progress.
     #[arg(long)]
     pub quiet: bool,
     /// history: the room to page (default: the first room).
@@ -154,7 +154,7 @@ struct Shared {
     args: Args,
     counters: Counters,
     connect: Latency,
-        ack: Latency,
+    ack: Latency,
     delivery: Latency,
     history: Latency,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -373,7 +373,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         args: args.clone(),
         counters: Counters::default(),
         connect: Latency::new(),
-                ack: Latency::new(),
+        ack: Latency::new(),
         delivery: Latency::new(),
         history: Latency::new(),
         errors: Mutex::default(),
@@ -470,7 +470,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             }
             last = now;
         }
-        } else if args.scenario == Scenario::History {
+    } else if args.scenario == Scenario::History {
         let until = Instant::now() + args.duration;
         let room = args.history_room.clone().unwrap_or_else(|| args.room(0));
         let mut frame = json!({"op":"history","room":room,"limit":args.history_limit});
@@ -480,9 +480,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         // The member connections' read halves are taken: open fresh ones.
         let mut askers = Vec::new();
         for i in 0..args.senders.max(1) {
-            let ws = open(&shared, args.connections + i, &[]).await.context("opening a history reader")?;
+            let ws = open(&shared, args.connections + i, &[])
+                .await
+                .context("opening a history reader")?;
             let (shared, frame) = (shared.clone(), frame.to_string());
-            askers.push(tokio::spawn(async move { history_loop(shared, ws, frame, until).await }));
+            askers.push(tokio::spawn(
+                async move { history_loop(shared, ws, frame, until).await },
+            ));
         }
         for a in askers {
             let _ = a.await;
