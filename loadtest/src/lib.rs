@@ -39,6 +39,12 @@ pub enum Scenario {
     Fanout,
     /// Each connection asks for a history page, waits, asks again.
     History,
+    /// Fan-out, and halfway through every member drops its connection and
+    /// resumes with `since`: nothing may be lost or duplicated.
+    Reconnect,
+    /// Members held; meanwhile connections open, join, and close at
+    /// `--churn-rate` per second.
+    Churn,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -105,6 +111,9 @@ pub struct Args {
     /// history: page before this message id (a deep page); default newest.
     #[arg(long)]
     pub history_before: Option<u64>,
+    /// churn: connections opened and closed per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub churn_rate: f64,
 }
 
 impl Args {
@@ -112,8 +121,13 @@ impl Args {
         if self.connections == 0 || self.rooms == 0 || self.rooms > self.connections {
             bail!("--rooms must be from 1 to --connections");
         }
-        if self.scenario == Scenario::Fanout && (self.senders == 0 || self.rate.is_nan() || self.rate <= 0.0) {
-            bail!("fanout needs --senders >= 1 and --rate > 0");
+        if matches!(self.scenario, Scenario::Fanout | Scenario::Reconnect)
+            && (self.senders == 0 || self.rate.is_nan() || self.rate <= 0.0)
+        {
+            bail!("fanout and reconnect need --senders >= 1 and --rate > 0");
+        }
+        if self.scenario == Scenario::Churn && (self.churn_rate.is_nan() || self.churn_rate <= 0.0) {
+            bail!("churn needs --churn-rate > 0");
         }
         if self.source_ips == 0 {
             bail!("--source-ips must be at least 1");
@@ -157,6 +171,8 @@ struct Shared {
     ack: Latency,
     delivery: Latency,
     history: Latency,
+    reconnect: Latency,
+    churn: Latency,
     errors: Mutex<BTreeMap<String, u64>>,
     closes: Mutex<BTreeMap<String, u64>>,
     /// Members of each room (senders included), fixed before sending starts.
@@ -164,8 +180,21 @@ struct Shared {
     expected: AtomicU64,
 }
 
-/// One connection, authenticated and in its rooms.
-async fn open(shared: &Shared, index: usize, rooms: &[String]) -> anyhow::Result<Ws> {
+/// One room to join, resuming after `since` when given.
+struct Join {
+    room: String,
+    since: Option<u64>,
+}
+
+impl Join {
+    fn new(room: String) -> Join {
+        Join { room, since: None }
+    }
+}
+
+/// One connection, authenticated and in its rooms. Returns the frames that
+/// came before the last `ok` (a `since` replay comes first).
+async fn open(shared: &Shared, index: usize, rooms: &[Join]) -> anyhow::Result<(Ws, Vec<String>)> {
     let args = &shared.args;
     let url = &args.urls[index % args.urls.len()];
     let target = target_of(url)?;
@@ -193,21 +222,28 @@ async fn open(shared: &Shared, index: usize, rooms: &[String]) -> anyhow::Result
         ws.send(Message::Text(r#"{"op":"auth","id":0}"#.into())).await?;
         pending += 1;
     }
-    for (i, room) in rooms.iter().enumerate() {
-        ws.feed(Message::Text(
-            json!({"op":"join","id": i + 1,"room": room}).to_string().into(),
-        ))
-        .await?;
+    for (i, join) in rooms.iter().enumerate() {
+        let mut frame = json!({"op":"join","id": i + 1,"room": join.room});
+        if let Some(since) = join.since {
+            frame["since"] = json!(since.to_string());
+        }
+        ws.feed(Message::Text(frame.to_string().into())).await?;
         pending += 1;
     }
     ws.flush().await?;
+    let mut early = Vec::new();
     while pending > 0 {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
-                if t.contains(r#""op":"ok""#) {
+                if t.starts_with(r#"{"op":"ok""#) {
                     pending -= 1;
-                } else if t.contains(r#""op":"error""#) {
+                    if t.contains(r#""recovered":false"#) {
+                        shared.counters.not_recovered.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if t.starts_with(r#"{"op":"error""#) {
                     bail!("setup refused: {t}");
+                } else {
+                    early.push(t.to_string());
                 }
             }
             Some(Ok(Message::Close(f))) => bail!("closed during setup: {f:?}"),
@@ -217,7 +253,114 @@ async fn open(shared: &Shared, index: usize, rooms: &[String]) -> anyhow::Result
         }
     }
     shared.connect.record(started.elapsed());
-    Ok(ws)
+    Ok((ws, early))
+}
+
+/// A member: joins its room, counts what it is delivered (duplicates and
+/// order included), and on each storm signal drops its connection and
+/// resumes with `since` = the last id it saw.
+async fn member(
+    shared: Arc<Shared>,
+    index: usize,
+    room: usize,
+    mut storm: tokio::sync::watch::Receiver<u32>,
+    joined: tokio::sync::oneshot::Sender<bool>,
+) {
+    let c = &shared.counters;
+    let mut last: Option<u64> = None;
+    let mut joined = Some(joined);
+    let mut attempt = 0;
+    loop {
+        let reconnect_started = Instant::now();
+        let join = Join {
+            room: shared.args.room(room),
+            since: if joined.is_some() { None } else { last },
+        };
+        // Each reconnect goes to the next URL: resuming on another node.
+        let (ws, early) = match open(&shared, index + attempt, &[join]).await {
+            Ok(x) => x,
+            Err(e) => {
+                match joined.take() {
+                    Some(tx) => {
+                        let _ = tx.send(false);
+                        if c.failed_connects.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("connect failed: {e:#}");
+                        }
+                    }
+                    None => {
+                        c.reconnect_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                return;
+            }
+        };
+        match joined.take() {
+            Some(tx) => {
+                let _ = tx.send(true);
+            }
+            None => {
+                c.reconnected.fetch_add(1, Ordering::Relaxed);
+                shared.reconnect.record(reconnect_started.elapsed());
+            }
+        }
+        for frame in &early {
+            member_frame(&shared, frame.as_bytes(), &mut last);
+        }
+        let (_tx, mut rx) = ws.split();
+        loop {
+            tokio::select! {
+                frame = rx.next() => match frame {
+                    Some(Ok(Message::Text(t))) => member_frame(&shared, t.as_bytes(), &mut last),
+                    Some(Ok(Message::Close(f))) => {
+                        let code = f.map(|f| u16::from(f.code).to_string()).unwrap_or_else(|| "none".into());
+                        *shared.closes.lock().entry(code).or_default() += 1;
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        *shared.closes.lock().entry("dropped".into()).or_default() += 1;
+                        return;
+                    }
+                },
+                                changed = storm.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    attempt += 1;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn member_frame(shared: &Shared, b: &[u8], last: &mut Option<u64>) {
+    let c = &shared.counters;
+    if b.starts_with(br#"{"op":"msg""#) {
+        c.delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some(sent) = body_time(b) {
+            shared
+                .delivery
+                .record(Duration::from_micros(now_micros().saturating_sub(sent)));
+        }
+        if let Some(id) = msg_id(b) {
+            match *last {
+                Some(l) if id <= l => {
+                    c.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => *last = Some(id),
+            }
+        }
+    } else if b.starts_with(br#"{"op":"error""#) {
+        *shared.errors.lock().entry("member".into()).or_default() += 1;
+    }
+}
+
+/// The id of a `msg` event (`"msg":"<id>"`).
+fn msg_id(frame: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(frame, br#""msg":""#)? + 7;
+    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
 }
 
 /// Reads one connection's frames until it closes or `stop`.
@@ -376,129 +519,159 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         ack: Latency::new(),
         delivery: Latency::new(),
         history: Latency::new(),
+        reconnect: Latency::new(),
+        churn: Latency::new(),
         errors: Mutex::default(),
         closes: Mutex::default(),
         expected: AtomicU64::new(0),
     });
     let progress = stats::Progress::start(shared.clone(), args.quiet);
+    let (storm, storm_rx) = tokio::sync::watch::channel(0u32);
 
-    // Members, ramped.
-    let mut readers = Vec::new();
-    let mut held: Vec<SplitSink<Ws, Message>> = Vec::new();
+    // Members, ramped: each a task that owns its connection.
+    let mut tasks = Vec::new();
     let ramp_started = Instant::now();
-    let mut opening = FuturesUnordered::new();
+    let mut joining = FuturesUnordered::new();
     let mut next = 0;
-    while next < args.connections || !opening.is_empty() {
-        while next < args.connections && opening.len() < 256 {
+    while next < args.connections || !joining.is_empty() {
+        while next < args.connections && joining.len() < 256 {
             let due = ramp_started + Duration::from_secs_f64(next as f64 / args.ramp);
             if Instant::now() < due {
                 break;
             }
             let room = next % args.rooms;
-            let shared = shared.clone();
-            let i = next;
-            opening.push(async move { (room, open(&shared, i, &[shared.args.room(room)]).await) });
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tasks.push(tokio::spawn(member(shared.clone(), next, room, storm_rx.clone(), tx)));
+            joining.push(async move { (room, rx.await.unwrap_or(false)) });
             next += 1;
         }
         let wait = tokio::time::sleep(Duration::from_millis(5));
         tokio::select! {
-            Some((room, result)) = opening.next() => match result {
-                Ok(ws) => {
-                    shared.counters.connected.fetch_add(1, Ordering::Relaxed);
-                    shared.members[room].fetch_add(1, Ordering::Relaxed);
-                    let (tx, rx) = ws.split();
-                    held.push(tx);
-                    readers.push(tokio::spawn(read_loop(shared.clone(), rx, None)));
-                }
-                Err(e) => {
-                    if shared.counters.failed_connects.fetch_add(1, Ordering::Relaxed) < 3 {
-                        eprintln!("connect failed: {e:#}");
-                    }
-                }
+            Some((room, ok)) = joining.next() => if ok {
+                shared.counters.connected.fetch_add(1, Ordering::Relaxed);
+                shared.members[room].fetch_add(1, Ordering::Relaxed);
             },
             _ = wait => {}
         }
     }
     let ramp_secs = ramp_started.elapsed().as_secs_f64();
 
-    let mut senders = Vec::new();
     let send_started = Instant::now();
-    if args.scenario == Scenario::Fanout {
-        let mut opened = Vec::new();
-        for s in 0..args.senders {
-            let rooms: Vec<usize> = (0..args.rooms)
-                .filter(|r| r % args.senders == s % args.rooms.min(args.senders))
-                .collect();
-            let rooms = if rooms.is_empty() { vec![s % args.rooms] } else { rooms };
-            let names: Vec<String> = rooms.iter().map(|&r| args.room(r)).collect();
-            let ws = open(&shared, args.connections + s, &names)
-                .await
-                .context("opening a sender")?;
-            for &r in &rooms {
-                shared.members[r].fetch_add(1, Ordering::Relaxed);
+    match args.scenario {
+        Scenario::Fanout | Scenario::Reconnect => {
+            let mut opened = Vec::new();
+            for s in 0..args.senders {
+                let rooms: Vec<usize> = (0..args.rooms)
+                    .filter(|r| r % args.senders == s % args.rooms.min(args.senders))
+                    .collect();
+                let rooms = if rooms.is_empty() { vec![s % args.rooms] } else { rooms };
+                let joins: Vec<Join> = rooms.iter().map(|&r| Join::new(args.room(r))).collect();
+                let (ws, _) = open(&shared, args.connections + s, &joins)
+                    .await
+                    .context("opening a sender")?;
+                for &r in &rooms {
+                    shared.members[r].fetch_add(1, Ordering::Relaxed);
+                }
+                opened.push((ws, rooms));
             }
-            opened.push((ws, rooms));
-        }
-        // The clock starts once every sender is in its rooms.
-        let until = Instant::now() + args.duration;
-        let per_sender = args.rate / args.senders as f64;
-        for (s, (ws, rooms)) in opened.into_iter().enumerate() {
-            let (tx, rx) = ws.split();
-            let acks: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-            readers.push(tokio::spawn(read_loop(shared.clone(), rx, Some(acks.clone()))));
-            senders.push(tokio::spawn(send_loop(
-                shared.clone(),
-                tx,
-                rooms,
-                per_sender,
-                until,
-                acks,
-                s,
-            )));
-        }
-        for s in senders {
-            let _ = s.await;
-        }
-        // Let deliveries in flight arrive.
-        let drain_until = Instant::now() + args.drain;
-        let mut last = shared.counters.delivered.load(Ordering::Relaxed);
-        while Instant::now() < drain_until {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = shared.counters.delivered.load(Ordering::Relaxed);
-            if now == last && now >= shared.expected.load(Ordering::Relaxed) {
-                break;
+            // The clock starts once every sender is in its rooms.
+            let until = Instant::now() + args.duration;
+            let per_sender = args.rate / args.senders as f64;
+            let mut senders = Vec::new();
+            for (s, (ws, rooms)) in opened.into_iter().enumerate() {
+                let (tx, rx) = ws.split();
+                let acks: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+                tasks.push(tokio::spawn(read_loop(shared.clone(), rx, Some(acks.clone()))));
+                senders.push(tokio::spawn(send_loop(
+                    shared.clone(),
+                    tx,
+                    rooms,
+                    per_sender,
+                    until,
+                    acks,
+                    s,
+                )));
             }
-            last = now;
+            if args.scenario == Scenario::Reconnect {
+                // Halfway: every member drops and resumes with `since`.
+                tokio::time::sleep(args.duration / 2).await;
+                let _ = storm.send(1);
+            }
+            for s in senders {
+                let _ = s.await;
+            }
+            // Let deliveries in flight arrive.
+            let drain_until = Instant::now() + args.drain;
+            let mut last = shared.counters.delivered.load(Ordering::Relaxed);
+            while Instant::now() < drain_until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = shared.counters.delivered.load(Ordering::Relaxed);
+                if now == last && now >= shared.expected.load(Ordering::Relaxed) {
+                    break;
+                }
+                last = now;
+            }
         }
-    } else if args.scenario == Scenario::History {
-        let until = Instant::now() + args.duration;
-        let room = args.history_room.clone().unwrap_or_else(|| args.room(0));
-        let mut frame = json!({"op":"history","room":room,"limit":args.history_limit});
-        if let Some(b) = args.history_before {
-            frame["before"] = json!(b.to_string());
+        Scenario::History => {
+            let until = Instant::now() + args.duration;
+            let room = args.history_room.clone().unwrap_or_else(|| args.room(0));
+            let mut frame = json!({"op":"history","room":room,"limit":args.history_limit});
+            if let Some(b) = args.history_before {
+                frame["before"] = json!(b.to_string());
+            }
+            let mut askers = Vec::new();
+            for i in 0..args.senders.max(1) {
+                let (ws, _) = open(&shared, args.connections + i, &[])
+                    .await
+                    .context("opening a history reader")?;
+                let (shared, frame) = (shared.clone(), frame.to_string());
+                askers.push(tokio::spawn(
+                    async move { history_loop(shared, ws, frame, until).await },
+                ));
+            }
+            for a in askers {
+                let _ = a.await;
+            }
         }
-        // The member connections' read halves are taken: open fresh ones.
-        let mut askers = Vec::new();
-        for i in 0..args.senders.max(1) {
-            let ws = open(&shared, args.connections + i, &[])
-                .await
-                .context("opening a history reader")?;
-            let (shared, frame) = (shared.clone(), frame.to_string());
-            askers.push(tokio::spawn(
-                async move { history_loop(shared, ws, frame, until).await },
-            ));
+        Scenario::Churn => {
+            let until = Instant::now() + args.duration;
+            let started = Instant::now();
+            let mut opened = 0u64;
+            let mut churning = FuturesUnordered::new();
+            while Instant::now() < until || !churning.is_empty() {
+                let due = (started.elapsed().as_secs_f64() * args.churn_rate) as u64;
+                while opened < due && Instant::now() < until && churning.len() < 512 {
+                    let index = args.connections + (opened as usize % 50_000);
+                    let room = Join::new(args.room(opened as usize % args.rooms));
+                    let shared = shared.clone();
+                    churning.push(async move {
+                        let begun = Instant::now();
+                        let ok = open(&shared, index, &[room]).await.is_ok();
+                        (ok, begun.elapsed())
+                    });
+                    opened += 1;
+                }
+                let wait = tokio::time::sleep(Duration::from_millis(5));
+                tokio::select! {
+                    Some((ok, took)) = churning.next() => {
+                        // Dropped at once: the connection closes.
+                        if ok {
+                            shared.counters.churned.fetch_add(1, Ordering::Relaxed);
+                            shared.churn.record(took);
+                        } else {
+                            shared.counters.churn_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ = wait => {}
+                }
+            }
         }
-        for a in askers {
-            let _ = a.await;
-        }
-    } else {
-        tokio::time::sleep(args.duration).await;
+        Scenario::Idle => tokio::time::sleep(args.duration).await,
     }
     let send_secs = send_started.elapsed().as_secs_f64();
     progress.stop();
-    drop(held);
-    for r in readers {
-        r.abort();
+    for t in tasks {
+        t.abort();
     }
     Ok(shared.report(ramp_secs, send_secs))
 }
@@ -533,6 +706,12 @@ impl Shared {
             "expected_deliveries": expected,
             "delivered": delivered,
             "loss": loss,
+            "duplicates": c.duplicates.load(Ordering::Relaxed),
+            "reconnected": c.reconnected.load(Ordering::Relaxed),
+            "reconnect_failures": c.reconnect_failures.load(Ordering::Relaxed),
+            "not_recovered": c.not_recovered.load(Ordering::Relaxed),
+            "churned": c.churned.load(Ordering::Relaxed),
+            "churn_failures": c.churn_failures.load(Ordering::Relaxed),
                         "deliveries_per_second": if send_secs > 0.0 { delivered as f64 / send_secs } else { 0.0 },
             "acks_per_second": if send_secs > 0.0 { c.acked.load(Ordering::Relaxed) as f64 / send_secs } else { 0.0 },
             "latency_ms": {
@@ -540,6 +719,8 @@ impl Shared {
                 "ack": self.ack.summary(),
                                 "delivery": self.delivery.summary(),
                 "history": self.history.summary(),
+                "reconnect": self.reconnect.summary(),
+                "churn_connect": self.churn.summary(),
             },
             "errors": *self.errors.lock(),
             "close_codes": *self.closes.lock(),
@@ -566,7 +747,15 @@ pub fn check(args: &Args, report: &Report) -> Option<String> {
     if args.max_loss.is_some() {
         // Loss is measured against acknowledged sends: sends never answered
         // and connections that failed or were closed count as failures.
-        for key in ["failed_connects", "unacknowledged", "send_errors"] {
+        for key in [
+            "failed_connects",
+            "unacknowledged",
+            "send_errors",
+            "duplicates",
+            "reconnect_failures",
+            "not_recovered",
+            "churn_failures",
+        ] {
             if report[key].as_u64().unwrap_or(0) > 0 {
                 return Some(format!("{key}: {}", report[key]));
             }

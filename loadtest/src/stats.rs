@@ -20,6 +20,14 @@ pub struct Counters {
     pub acked: AtomicU64,
     pub send_errors: AtomicU64,
     pub delivered: AtomicU64,
+    /// `msg` events at or below the last id the member had seen.
+    pub duplicates: AtomicU64,
+    pub reconnected: AtomicU64,
+    pub reconnect_failures: AtomicU64,
+    /// Joins answered `recovered: false`.
+    pub not_recovered: AtomicU64,
+    pub churned: AtomicU64,
+    pub churn_failures: AtomicU64,
 }
 
 /// A latency distribution in microseconds, 1 µs to 1 hour, 3 digits.

@@ -1,0 +1,145 @@
+//! The load generator against real nodes: its scenarios work and its
+//! accounting holds (a reconnect storm loses and duplicates nothing).
+
+mod common;
+
+use clap::Parser;
+use common::*;
+use testkit::{GatewayProcess, RedisServer};
+
+fn args(urls: &[String], extra: &[&str]) -> loadtest::Args {
+    let mut argv = vec!["loadtest".to_string(), "--quiet".into()];
+    for u in urls {
+        argv.push("--url".into());
+        argv.push(u.clone());
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    loadtest::Args::try_parse_from(argv).unwrap()
+}
+
+fn assert_clean(args: &loadtest::Args, report: &loadtest::Report) {
+    assert_eq!(loadtest::check(args, report), None, "{report:#}");
+    assert!(report["delivered"].as_u64().unwrap() > 0, "{report:#}");
+    assert_eq!(report["delivered"], report["expected_deliveries"], "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_on_one_node_loses_and_duplicates_nothing() {
+    let node = TestNode::start(&[
+        "--send-rate",
+        "100000",
+        "--send-burst",
+        "100000",
+        "--request-burst",
+        "100000",
+    ])
+    .await;
+    let a = args(
+        &[node.url()],
+        &[
+            "--scenario",
+            "reconnect",
+            "--connections",
+            "100",
+            "--rooms",
+            "5",
+            "--senders",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let report = loadtest::run(a.clone()).await.unwrap();
+    assert_clean(&a, &report);
+    assert_eq!(report["reconnected"], 100, "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_across_nodes_resumes_on_the_other_node() {
+    let redis = RedisServer::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let flags = [
+        "--redis-url",
+        &redis.url(),
+        "--send-rate",
+        "100000",
+        "--send-burst",
+        "100000",
+        "--request-burst",
+        "100000",
+    ];
+    let nodes: Vec<GatewayProcess> = dirs
+        .iter()
+        .map(|d| GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), d.path(), &flags))
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(GatewayProcess::url).collect();
+    let a = args(
+        &urls,
+        &[
+            "--scenario",
+            "reconnect",
+            "--connections",
+            "100",
+            "--rooms",
+            "5",
+            "--senders",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "4s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let report = loadtest::run(a.clone()).await.unwrap();
+    assert_clean(&a, &report);
+    assert_eq!(report["reconnected"], 100, "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_and_idle_scenarios_run_clean() {
+    let node = TestNode::start(&["--request-burst", "100000", "--request-rate", "100000"]).await;
+    let churn = args(
+        &[node.url()],
+        &[
+            "--scenario",
+            "churn",
+            "--connections",
+            "50",
+            "--rooms",
+            "5",
+            "--churn-rate",
+            "200",
+            "--duration",
+            "2s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let report = loadtest::run(churn.clone()).await.unwrap();
+    assert_eq!(loadtest::check(&churn, &report), None, "{report:#}");
+    assert!(report["churned"].as_u64().unwrap() >= 300, "{report:#}");
+    let idle = args(
+        &[node.url()],
+        &[
+            "--scenario",
+            "idle",
+            "--connections",
+            "200",
+            "--rooms",
+            "10",
+            "--duration",
+            "1s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let report = loadtest::run(idle.clone()).await.unwrap();
+    assert_eq!(loadtest::check(&idle, &report), None, "{report:#}");
+    assert_eq!(report["connected"], 200);
+}
