@@ -81,6 +81,24 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
+    /// A handle outside any hub (benchmarks, tests).
+    pub fn detached(id: u64, max_queue: usize) -> ConnHandle {
+        ConnHandle {
+            id,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            max_queue,
+        }
+    }
+
+    /// Empties the queue as a connection that wrote everything would.
+    pub fn drain(&self) -> usize {
+        let mut q = self.queue.lock();
+        q.deliveries = 0;
+        q.own_bytes = 0;
+        std::mem::take(&mut q.items).len()
+    }
+
     /// Queues a delivery. Past the bound the connection is marked a slow
     /// consumer instead (nothing more is queued for it).
     fn push_delivery(&self, out: &Arc<Outgoing>) -> bool {
@@ -334,6 +352,18 @@ impl Hub {
     }
 }
 
+/// Queues one encoded delivery for every member (but its origin): the
+/// shard's inner loop. Returns how many queues took it.
+pub fn fan_out(out: &Arc<Outgoing>, members: &[Arc<ConnHandle>]) -> u64 {
+    let mut delivered = 0;
+    for conn in members {
+        if conn.id != out.skip_conn && conn.push_delivery(out) {
+            delivered += 1;
+        }
+    }
+    delivered
+}
+
 async fn shard_loop(_index: usize, mut rx: mpsc::UnboundedReceiver<ShardCmd>) {
     let m = crate::metrics::get();
     let mut rooms: HashMap<Arc<str>, Vec<Arc<ConnHandle>>> = HashMap::new();
@@ -343,11 +373,7 @@ async fn shard_loop(_index: usize, mut rx: mpsc::UnboundedReceiver<ShardCmd>) {
                 let mut delivered = 0u64;
                 for out in &batch {
                     if let Some(members) = rooms.get(&out.room) {
-                        for conn in members {
-                            if conn.id != out.skip_conn && conn.push_delivery(out) {
-                                delivered += 1;
-                            }
-                        }
+                        delivered += fan_out(out, members);
                     }
                 }
                 m.deliveries.increment(delivered);
