@@ -1,49 +1,63 @@
 #!/usr/bin/env bash
 # Gateway resident memory per idle, authenticated connection (each joined to
-# one of ROOMS rooms). Starts a release gateway on a free loopback port,
-# measures its RSS, holds N connections with `loadtest --scenario idle`,
-# waits until the node counts them all, and measures again.
-#   bash benches/idle_memory.sh [connections] [rooms]
+# one of ROOMS rooms). Starts PROCS release gateway processes (single-node
+# embedded defaults, each on a free loopback port), measures their RSS,
+# holds CONNECTIONS/PROCS connections on each with one `loadtest --scenario
+# idle` process per gateway (one process holds at most `ulimit -Hn` sockets),
+# waits until every node counts its connections, and measures again.
+#   bash benches/idle_memory.sh [connections] [rooms] [procs]
 set -euo pipefail
 N=${1:-10000}
 ROOMS=${2:-100}
+PROCS=${3:-1}
+PER=$(( N / PROCS ))
 cd "$(dirname "$0")/.."
 cargo build -q --release -p gateway -p loadtest
 TARGET=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
-cleanup() { kill "${gw:-}" "${cl:-}" 2>/dev/null || true; rm -rf "$work"; }
+gws=() cls=() addrs=()
+cleanup() { kill "${gws[@]}" "${cls[@]}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-"$TARGET/gateway" --listen 127.0.0.1:0 --data-dir "$work/data" --log-format json \
-    --request-burst 1000000 >"$work/gw.log" 2>&1 &
-gw=$!
-for _ in $(seq 1 200); do
-    addr=$(grep -o '"addr":"[0-9.:]*"' "$work/gw.log" | head -1 | cut -d'"' -f4 || true)
-    [ -n "$addr" ] && break
-    sleep 0.05
+for p in $(seq 1 "$PROCS"); do
+    "$TARGET/gateway" --listen 127.0.0.1:0 --data-dir "$work/data$p" --log-format json \
+        --request-burst 1000000 >"$work/gw$p.log" 2>&1 &
+    gws+=($!)
+    addr=""
+    for _ in $(seq 1 200); do
+        addr=$(grep -o '"addr":"[0-9.:]*"' "$work/gw$p.log" | head -1 | cut -d'"' -f4 || true)
+        [ -n "$addr" ] && break
+        sleep 0.05
+    done
+    [ -n "$addr" ] || { echo "gateway $p did not start"; cat "$work/gw$p.log"; exit 1; }
+    addrs+=("$addr")
 done
-[ -n "$addr" ] || { echo "gateway did not start"; cat "$work/gw.log"; exit 1; }
 
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_total() { local t=0; for g in "${gws[@]}"; do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$g/status"))); done; echo $t; }
 tcp_pages() { awk '/^TCP:/ {for (i=1;i<=NF;i++) if ($i=="mem") print $(i+1)}' /proc/net/sockstat; }
-active() { curl -s "http://$addr/metrics" | awk '/^gateway_connections_active / {print int($2)}'; }
-base=$(rss $gw); base_tcp=$(tcp_pages)
+active() { curl -s "http://$1/metrics" | awk '/^gateway_connections_active / {print int($2)}'; }
+base=$(rss_total); base_tcp=$(tcp_pages)
 
-"$TARGET/loadtest" --url "ws://$addr/ws" --scenario idle --connections "$N" --rooms "$ROOMS" \
-    --duration 1h --source-ips 50 --quiet >"$work/lt.json" 2>"$work/lt.err" &
-cl=$!
-for _ in $(seq 1 1200); do
-    [ "$(active || echo 0)" = "$N" ] && break
-    kill -0 $cl 2>/dev/null || { cat "$work/lt.err"; exit 1; }
-    sleep 0.1
+for p in $(seq 1 "$PROCS"); do
+    "$TARGET/loadtest" --url "ws://${addrs[$((p-1))]}/ws" --scenario idle --connections "$PER" --rooms "$ROOMS" \
+        --duration 1h --source-ips 50 --ramp 3000 --room-prefix "idle$p" --quiet >"$work/lt$p.json" 2>"$work/lt$p.err" &
+    cls+=($!)
 done
-[ "$(active)" = "$N" ] || { echo "only $(active) of $N connected"; exit 1; }
-loaded=$(rss $gw); loaded_tcp=$(tcp_pages)
+started=$(date +%s)
+for a in "${addrs[@]}"; do
+    for _ in $(seq 1 3000); do
+        [ "$(active "$a" || echo 0)" = "$PER" ] && break
+        sleep 0.1
+    done
+    [ "$(active "$a")" = "$PER" ] || { echo "only $(active "$a") of $PER connected on $a"; cat "$work"/lt*.err; exit 1; }
+done
+loaded=$(rss_total); loaded_tcp=$(tcp_pages)
 
-per_conn=$(( (loaded - base) * 1024 / N ))
+total=$(( PER * PROCS ))
+per_conn=$(( (loaded - base) * 1024 / total ))
 page=$(getconf PAGESIZE)
-kernel_per_socket=$(( (loaded_tcp - base_tcp) * page / (2 * N) ))
-echo "connections=$N rooms=$ROOMS"
-echo "gateway_rss_kib_before=$base gateway_rss_kib_after=$loaded"
+kernel_per_socket=$(( (loaded_tcp - base_tcp) * page / (2 * total) ))
+echo "connections=$total rooms=$ROOMS gateway_processes=$PROCS ($PER each) ramp_seconds=$(( $(date +%s) - started ))"
+echo "gateway_rss_kib_before=$base gateway_rss_kib_after=$loaded (all gateway processes)"
 echo "gateway_rss_bytes_per_connection=$per_conn"
 echo "kernel_tcp_bytes_per_socket≈$kernel_per_socket (sockstat TCP mem, client and server sockets averaged)"
