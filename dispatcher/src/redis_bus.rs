@@ -502,21 +502,10 @@ impl Inner {
             Err(e) if e.to_string().contains("no such key") => return Ok(None),
             Err(e) => return Err(err("XINFO", e)),
         };
-        let pairs: Vec<(String, Value)> = match value {
-            Value::Array(items) => items
-                .chunks(2)
-                .filter_map(|kv| match kv {
-                    [Value::BulkString(k), v] => Some((String::from_utf8_lossy(k).into_owned(), v.clone())),
-                    [Value::SimpleString(k), v] => Some((k.clone(), v.clone())),
-                    _ => None,
-                })
-                .collect(),
-            Value::Map(items) => items
-                .into_iter()
-                .filter_map(|(k, v)| redis::from_redis_value::<String>(k).ok().map(|k| (k, v)))
-                .collect(),
-            other => return Err(err("XINFO", format!("unexpected reply {other:?}"))),
-        };
+        if !matches!(value, Value::Array(_) | Value::Map(_)) {
+            return Err(err("XINFO", format!("unexpected reply {value:?}")));
+        }
+        let pairs = flat_map(value);
         let get = |name: &str| {
             pairs
                 .iter()

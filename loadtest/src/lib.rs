@@ -358,25 +358,22 @@ fn member_frame(shared: &Shared, b: &[u8], last: &mut Option<u64>) {
 
 /// The id of a `msg` event (`"msg":"<id>"`).
 fn msg_id(frame: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(frame, br#""msg":""#)? + 7;
-    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
+    number_after(frame, br#""msg":""#)
 }
 
 /// Reads one connection's frames until it closes or `stop`.
 async fn read_loop(shared: Arc<Shared>, mut rx: SplitStream<Ws>, acks: Option<Arc<Mutex<HashMap<u64, Instant>>>>) {
     let c = &shared.counters;
+    // A sender is a member of its rooms too: the same accounting, with ids
+    // ascending per room (not across rooms).
+    let mut last: HashMap<usize, Option<u64>> = HashMap::new();
     while let Some(frame) = rx.next().await {
         match frame {
             Ok(Message::Text(t)) => {
                 let b = t.as_bytes();
                 if b.starts_with(br#"{"op":"msg""#) {
-                    c.delivered.fetch_add(1, Ordering::Relaxed);
-                    if let Some(sent) = body_time(b) {
-                        shared
-                            .delivery
-                            .record(Duration::from_micros(now_micros().saturating_sub(sent)));
-                    }
+                    let room = reply_room(b).unwrap_or(usize::MAX);
+                    member_frame(&shared, b, last.entry(room).or_default());
                 } else if b.starts_with(br#"{"op":"ok""#) {
                     let sent_at = match (&acks, reply_id(b)) {
                         (Some(acks), Some(id)) => acks.lock().remove(&id),
@@ -417,20 +414,24 @@ async fn read_loop(shared: Arc<Shared>, mut rx: SplitStream<Ws>, acks: Option<Ar
     }
 }
 
-/// The send timestamp carried in a `msg` event's body (`"body":{"t":<µs>`).
-fn body_time(frame: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(frame, br#""body":{"t":"#)? + 12;
+/// The decimal number right after the first `pattern` in a frame: fields of
+/// fixed, known frames, read without parsing the JSON.
+fn number_after(frame: &[u8], pattern: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(frame, pattern)? + pattern.len();
     let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
+}
+
+/// The send timestamp carried in a `msg` event's body (`"body":{"t":<µs>`).
+fn body_time(frame: &[u8]) -> Option<u64> {
+    number_after(frame, br#""body":{"t":"#)
 }
 
 fn reply_id(frame: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(frame, br#""id":"#)? + 5;
-    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
+    number_after(frame, br#""id":"#)
 }
 
-/// The room number of a send's `ok` (`"room":"<prefix>-<n>"`).
+/// The room number of a send's `ok` or a `msg` event (`"room":"<prefix>-<n>"`).
 fn reply_room(frame: &[u8]) -> Option<usize> {
     let at = memchr::memmem::find(frame, br#""room":""#)? + 8;
     let end = at + memchr::memchr(b'"', &frame[at..])?;
