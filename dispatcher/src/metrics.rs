@@ -17,6 +17,7 @@ pub(crate) struct BusMetrics {
     pub persist_errors: Counter,
     pub persist_conflicts: Counter,
     pub persister_lag: Gauge,
+    pub trim_runs: Counter,
 }
 
 pub(crate) fn get() -> &'static BusMetrics {
@@ -34,5 +35,6 @@ pub(crate) fn get() -> &'static BusMetrics {
         persist_errors: counter!("gateway_persister_errors_total"),
         persist_conflicts: counter!("gateway_persister_id_conflicts_total"),
         persister_lag: gauge!("gateway_persister_lag_entries"),
+        trim_runs: counter!("gateway_bus_trim_runs_total"),
     })
 }

@@ -648,6 +648,7 @@ impl Inner {
         if self.store.is_some() {
             crate::metrics::get().persister_lag.set(lag as f64);
         }
+        crate::metrics::get().trim_runs.increment(1);
         Ok(())
     }
 

@@ -173,14 +173,20 @@ async fn redis_restarted_under_traffic_loses_no_acknowledged_message() {
         acked.len(),
         refused.lock().unwrap()
     );
-        // The member, connected throughout, got every acknowledged message once,
+    // The member, connected throughout, got every acknowledged message once,
     // in order; and the stream window holds them all. A send refused while
     // Redis died may still have been written (its reply was lost with the
     // connection): such messages may appear too, at most one per refusal.
     let refused = *refused.lock().unwrap();
     let history = all_history(&mut member, "r").await;
-    assert!(history.windows(2).all(|w| w[0] < w[1]), "history ascends without duplicates");
-    assert!(acked.iter().all(|id| history.binary_search(id).is_ok()), "every acknowledged message is in history");
+    assert!(
+        history.windows(2).all(|w| w[0] < w[1]),
+        "history ascends without duplicates"
+    );
+    assert!(
+        acked.iter().all(|id| history.binary_search(id).is_ok()),
+        "every acknowledged message is in history"
+    );
     let extra = history.len() - acked.len();
     assert!(extra <= refused, "{extra} unacknowledged messages, {refused} refusals");
     let got = all_msgs(&mut member, "r", history.len()).await;

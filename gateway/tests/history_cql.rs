@@ -179,3 +179,58 @@ async fn a_gateway_killed_mid_stream_loses_and_duplicates_nothing_in_history() {
     let stored = wait_stored(&store, "k", acked.len()).await;
     assert_eq!(stored, acked, "every acknowledged message stored exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_not_trimmed_below_what_the_persister_has_not_stored() {
+    let redis = RedisServer::start();
+    let ks = fresh_keyspace("trim");
+    let window = [
+        "--stream-shards",
+        "1",
+        "--stream-maxlen",
+        "100",
+        "--stream-trim-interval",
+        "1s",
+    ];
+    let mut no_persister = window.to_vec();
+    no_persister.extend_from_slice(&["--persister", "false"]);
+    let (a, _da) = node(&redis, &ks, &no_persister);
+    let mut c = guest(&a.url()).await;
+    c.join("t").await;
+    let mut acked = Vec::new();
+    for i in 0..500 {
+        acked.push(c.send_msg("t", json!(i)).await);
+    }
+    let xlen = || {
+        redis_command(redis.port, &["XLEN", "gw:{s0}"])
+            .and_then(|r| r.trim_start_matches(':').trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Two trim runs pass with nothing stored: the stream keeps every entry.
+    let runs = a.metric("gateway_bus_trim_runs_total");
+    let started = Instant::now();
+    while a.metric("gateway_bus_trim_runs_total") < runs + 2.0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no trim run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(xlen() >= 500, "trimmed to {} before anything was stored", xlen());
+    // A node with a persister stores them; then the window is trimmed.
+    let (_b, _db) = node(&redis, &ks, &window);
+    let store = store(&ks).await;
+    wait_stored(&store, "t", 500).await;
+    let started = Instant::now();
+    while xlen() >= 400 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never trimmed after storing ({} entries)",
+            xlen()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut reader = guest(&a.url()).await;
+    assert_eq!(
+        all_history(&mut reader, "t").await,
+        acked,
+        "store and window together still hold everything"
+    );
+}
