@@ -9,6 +9,7 @@
 //!   timestamp carried in each body, loss as delivered vs expected).
 //! - [`stats`]: lock-free counters and per-thread HDR histograms.
 
+pub mod proto;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +30,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub use proto::Protocol;
 use stats::{Counters, Latency};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,6 +113,14 @@ pub struct Args {
     /// history: page before this message id (a deep page); default newest.
     #[arg(long)]
     pub history_before: Option<u64>,
+    /// Wire protocol of the target: this gateway's, or Centrifugo's (for
+    /// side-by-side runs: `--url ws://127.0.0.1:8000/connection/websocket`).
+    #[arg(long, value_enum, default_value = "chat")]
+    pub protocol: Protocol,
+    /// Create this file once every member is connected and in its room
+    /// (scripts measure the target's memory from then on).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
     /// churn: connections opened and closed per second.
     #[arg(long, default_value_t = 100.0)]
     pub churn_rate: f64,
@@ -128,6 +138,11 @@ impl Args {
         }
         if self.scenario == Scenario::Churn && (self.churn_rate.is_nan() || self.churn_rate <= 0.0) {
             bail!("churn needs --churn-rate > 0");
+        }
+        if self.protocol == Protocol::Centrifugo
+            && (self.jwt_secret.is_some() || matches!(self.scenario, Scenario::History | Scenario::Reconnect))
+        {
+            bail!("with --protocol centrifugo: anonymous clients, scenarios idle, fanout and churn");
         }
         if self.source_ips == 0 {
             bail!("--source-ips must be at least 1");
@@ -217,33 +232,30 @@ async fn open(shared: &Shared, index: usize, rooms: &[Join]) -> anyhow::Result<(
             .insert("authorization", format!("Bearer {token}").parse()?);
     }
     let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
-    let mut pending = 0;
-    if args.jwt_secret.is_none() {
-        ws.send(Message::Text(r#"{"op":"auth","id":0}"#.into())).await?;
-        pending += 1;
-    }
-    for (i, join) in rooms.iter().enumerate() {
-        let mut frame = json!({"op":"join","id": i + 1,"room": join.room});
-        if let Some(since) = join.since {
-            frame["since"] = json!(since.to_string());
-        }
-        ws.feed(Message::Text(frame.to_string().into())).await?;
-        pending += 1;
+    let proto = args.protocol;
+    let joins: Vec<(String, Option<u64>)> = rooms.iter().map(|j| (j.room.clone(), j.since)).collect();
+    let setup = proto.setup(args.jwt_secret.is_none(), &joins);
+    let mut pending = setup.len();
+    for frame in setup {
+        ws.feed(Message::Text(frame.into())).await?;
     }
     ws.flush().await?;
     let mut early = Vec::new();
     while pending > 0 {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
-                if t.starts_with(r#"{"op":"ok""#) {
-                    pending -= 1;
-                    if t.contains(r#""recovered":false"#) {
-                        shared.counters.not_recovered.fetch_add(1, Ordering::Relaxed);
+                for f in proto.split(t.as_bytes()) {
+                    match proto.classify(f) {
+                        proto::Frame::Ok(_) => {
+                            pending = pending.saturating_sub(1);
+                            if memchr::memmem::find(f, br#""recovered":false"#).is_some() {
+                                shared.counters.not_recovered.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        proto::Frame::Error(_, code) => bail!("setup refused: {code}: {}", String::from_utf8_lossy(f)),
+                        proto::Frame::Ping(pong) => ws.send(Message::Text(pong.into())).await?,
+                        _ => early.push(String::from_utf8_lossy(f).into_owned()),
                     }
-                } else if t.starts_with(r#"{"op":"error""#) {
-                    bail!("setup refused: {t}");
-                } else {
-                    early.push(t.to_string());
                 }
             }
             Some(Ok(Message::Close(f))) => bail!("closed during setup: {f:?}"),
@@ -306,11 +318,17 @@ async fn member(
         for frame in &early {
             member_frame(&shared, frame.as_bytes(), &mut last);
         }
-        let (_tx, mut rx) = ws.split();
+        let (mut tx, mut rx) = ws.split();
         loop {
             tokio::select! {
                 frame = rx.next() => match frame {
-                    Some(Ok(Message::Text(t))) => member_frame(&shared, t.as_bytes(), &mut last),
+                    Some(Ok(Message::Text(t))) => {
+                        for f in shared.args.protocol.split(t.as_bytes()) {
+                            if let Some(pong) = member_frame(&shared, f, &mut last) {
+                                let _ = tx.send(Message::Text(pong.into())).await;
+                            }
+                        }
+                    }
                     Some(Ok(Message::Close(f))) => {
                         let code = f.map(|f| u16::from(f.code).to_string()).unwrap_or_else(|| "none".into());
                         *shared.closes.lock().entry(code).or_default() += 1;
@@ -334,25 +352,36 @@ async fn member(
     }
 }
 
-fn member_frame(shared: &Shared, b: &[u8], last: &mut Option<u64>) {
+/// Accounts one received frame of a member; returns the reply an
+/// application-level ping needs.
+fn member_frame(shared: &Shared, b: &[u8], last: &mut Option<u64>) -> Option<&'static str> {
     let c = &shared.counters;
-    if b.starts_with(br#"{"op":"msg""#) {
-        c.delivered.fetch_add(1, Ordering::Relaxed);
-        if let Some(sent) = body_time(b) {
-            shared
-                .delivery
-                .record(Duration::from_micros(now_micros().saturating_sub(sent)));
-        }
-        if let Some(id) = msg_id(b) {
-            match *last {
-                Some(l) if id <= l => {
-                    c.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => *last = Some(id),
+    let proto = shared.args.protocol;
+    match proto.classify(b) {
+        proto::Frame::Delivery => {
+            c.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Some(sent) = number_after(b, proto.time_marker()) {
+                shared
+                    .delivery
+                    .record(Duration::from_micros(now_micros().saturating_sub(sent)));
             }
+            // Only our protocol numbers messages; duplicates are counted there.
+            if let Some(id) = msg_id(b).filter(|_| proto == Protocol::Chat) {
+                match *last {
+                    Some(l) if id <= l => {
+                        c.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => *last = Some(id),
+                }
+            }
+            None
         }
-    } else if b.starts_with(br#"{"op":"error""#) {
-        *shared.errors.lock().entry("member".into()).or_default() += 1;
+        proto::Frame::Error(_, code) => {
+            *shared.errors.lock().entry(code).or_default() += 1;
+            None
+        }
+        proto::Frame::Ping(pong) => Some(pong),
+        _ => None,
     }
 }
 
@@ -361,41 +390,50 @@ fn msg_id(frame: &[u8]) -> Option<u64> {
     number_after(frame, br#""msg":""#)
 }
 
-/// Reads one connection's frames until it closes or `stop`.
-async fn read_loop(shared: Arc<Shared>, mut rx: SplitStream<Ws>, acks: Option<Arc<Mutex<HashMap<u64, Instant>>>>) {
+/// Pending sends of one sender: request id -> (sent at, room number).
+type Acks = Arc<Mutex<HashMap<u64, (Instant, usize)>>>;
+
+/// Reads a sender's frames until it closes: acknowledgements, and the
+/// deliveries it gets as a member of its rooms.
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut rx: SplitStream<Ws>,
+    acks: Acks,
+    pongs: tokio::sync::mpsc::UnboundedSender<&'static str>,
+) {
     let c = &shared.counters;
-    // A sender is a member of its rooms too: the same accounting, with ids
-    // ascending per room (not across rooms).
+    let proto = shared.args.protocol;
+    // Ids ascend per room, not across rooms.
     let mut last: HashMap<usize, Option<u64>> = HashMap::new();
     while let Some(frame) = rx.next().await {
         match frame {
             Ok(Message::Text(t)) => {
-                let b = t.as_bytes();
-                if b.starts_with(br#"{"op":"msg""#) {
-                    let room = reply_room(b).unwrap_or(usize::MAX);
-                    member_frame(&shared, b, last.entry(room).or_default());
-                } else if b.starts_with(br#"{"op":"ok""#) {
-                    let sent_at = match (&acks, reply_id(b)) {
-                        (Some(acks), Some(id)) => acks.lock().remove(&id),
-                        _ => None,
-                    };
-                    if let Some(at) = sent_at {
-                        shared.ack.record(at.elapsed());
-                        c.acked.fetch_add(1, Ordering::Relaxed);
-                        if let Some(room) = reply_room(b) {
-                            let members = shared.members[room].load(Ordering::Relaxed);
-                            shared.expected.fetch_add(members, Ordering::Relaxed);
+                for f in proto.split(t.as_bytes()) {
+                    match proto.classify(f) {
+                        proto::Frame::Delivery => {
+                            let room = room_number(f, proto.room_marker()).unwrap_or(usize::MAX);
+                            member_frame(&shared, f, last.entry(room).or_default());
                         }
+                        proto::Frame::Ok(Some(id)) => {
+                            let sent = acks.lock().remove(&id);
+                            if let Some((at, room)) = sent {
+                                shared.ack.record(at.elapsed());
+                                c.acked.fetch_add(1, Ordering::Relaxed);
+                                let members = shared.members[room].load(Ordering::Relaxed);
+                                shared.expected.fetch_add(members, Ordering::Relaxed);
+                            }
+                        }
+                        proto::Frame::Error(id, code) => {
+                            if let Some(id) = id {
+                                acks.lock().remove(&id);
+                            }
+                            *shared.errors.lock().entry(code).or_default() += 1;
+                        }
+                        proto::Frame::Ping(pong) => {
+                            let _ = pongs.send(pong);
+                        }
+                        _ => {}
                     }
-                } else if b.starts_with(br#"{"op":"error""#) {
-                    if let (Some(acks), Some(id)) = (&acks, reply_id(b)) {
-                        acks.lock().remove(&id);
-                    }
-                    let code = serde_json::from_slice::<serde_json::Value>(b)
-                        .ok()
-                        .and_then(|v| v["code"].as_str().map(str::to_owned))
-                        .unwrap_or_else(|| "unparsed".into());
-                    *shared.errors.lock().entry(code).or_default() += 1;
                 }
             }
             Ok(Message::Close(f)) => {
@@ -422,34 +460,29 @@ fn number_after(frame: &[u8], pattern: &[u8]) -> Option<u64> {
     std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
 }
 
-/// The send timestamp carried in a `msg` event's body (`"body":{"t":<µs>`).
-fn body_time(frame: &[u8]) -> Option<u64> {
-    number_after(frame, br#""body":{"t":"#)
-}
-
-fn reply_id(frame: &[u8]) -> Option<u64> {
-    number_after(frame, br#""id":"#)
-}
-
-/// The room number of a send's `ok` or a `msg` event (`"room":"<prefix>-<n>"`).
-fn reply_room(frame: &[u8]) -> Option<usize> {
-    let at = memchr::memmem::find(frame, br#""room":""#)? + 8;
+/// The room number in a frame (`<marker><prefix>-<n>"`).
+fn room_number(frame: &[u8], marker: &[u8]) -> Option<usize> {
+    let at = memchr::memmem::find(frame, marker)? + marker.len();
     let end = at + memchr::memchr(b'"', &frame[at..])?;
     let room = std::str::from_utf8(&frame[at..end]).ok()?;
     room.rsplit('-').next()?.parse().ok()
 }
 
-/// Sends to `rooms` at `rate` per second until `until`.
+/// Sends to `rooms` at `rate` per second until `until`; also writes the
+/// ping replies the read half asks for.
+#[allow(clippy::too_many_arguments)]
 async fn send_loop(
     shared: Arc<Shared>,
     mut tx: SplitSink<Ws, Message>,
     rooms: Vec<usize>,
     rate: f64,
     until: Instant,
-    acks: Arc<Mutex<HashMap<u64, Instant>>>,
+    acks: Acks,
+    mut pongs: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
     sender: usize,
 ) {
     let c = &shared.counters;
+    let proto = shared.args.protocol;
     let pad = "x".repeat(shared.args.body_bytes);
     let started = Instant::now();
     let mut sent = 0u64;
@@ -457,17 +490,17 @@ async fn send_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while Instant::now() < until {
         tick.tick().await;
+        while let Ok(pong) = pongs.try_recv() {
+            let _ = tx.feed(Message::Text(pong.into())).await;
+        }
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
         while sent < due {
             let id = sent + 1;
             let room = rooms[sent as usize % rooms.len()];
-            let body = format!(
-                r#"{{"op":"send","id":{id},"room":"{}","body":{{"t":{},"s":{sender},"p":"{pad}"}}}}"#,
-                shared.args.room(room),
-                now_micros()
-            );
-            acks.lock().insert(id, Instant::now());
-            if tx.feed(Message::Text(body.into())).await.is_err() {
+            let body = format!(r#"{{"t":{},"s":{sender},"p":"{pad}"}}"#, now_micros());
+            let frame = proto.send(id, &shared.args.room(room), &body);
+            acks.lock().insert(id, (Instant::now(), room));
+            if tx.feed(Message::Text(frame.into())).await.is_err() {
                 c.send_errors.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -556,6 +589,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
     }
     let ramp_secs = ramp_started.elapsed().as_secs_f64();
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{}\n", shared.counters.connected.load(Ordering::Relaxed)))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
 
     let send_started = Instant::now();
     match args.scenario {
@@ -581,8 +618,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             let mut senders = Vec::new();
             for (s, (ws, rooms)) in opened.into_iter().enumerate() {
                 let (tx, rx) = ws.split();
-                let acks: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-                tasks.push(tokio::spawn(read_loop(shared.clone(), rx, Some(acks.clone()))));
+                let acks: Acks = Arc::default();
+                let (pong_tx, pong_rx) = tokio::sync::mpsc::unbounded_channel();
+                tasks.push(tokio::spawn(read_loop(shared.clone(), rx, acks.clone(), pong_tx)));
                 senders.push(tokio::spawn(send_loop(
                     shared.clone(),
                     tx,
@@ -590,6 +628,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                     per_sender,
                     until,
                     acks,
+                    pong_rx,
                     s,
                 )));
             }
@@ -775,10 +814,15 @@ mod tests {
     #[test]
     fn extracts_fields_without_parsing_json() {
         let f = br#"{"op":"msg","room":"lt-3","msg":"9","from":"u","ts":1,"body":{"t":1700000000123456,"s":0,"p":""}}"#;
-        assert_eq!(body_time(f), Some(1_700_000_000_123_456));
-        let ok = br#"{"op":"ok","id":42,"room":"lt-17","msg":"5","ts":1}"#;
-        assert_eq!(reply_id(ok), Some(42));
-        assert_eq!(reply_room(ok), Some(17));
+        assert_eq!(
+            number_after(f, Protocol::Chat.time_marker()),
+            Some(1_700_000_000_123_456)
+        );
+        assert_eq!(msg_id(f), Some(9));
+        assert_eq!(room_number(f, Protocol::Chat.room_marker()), Some(3));
+        let push = br#"{"push":{"channel":"lt-17","pub":{"data":{"t":5,"s":0}}}}"#;
+        assert_eq!(number_after(push, Protocol::Centrifugo.time_marker()), Some(5));
+        assert_eq!(room_number(push, Protocol::Centrifugo.room_marker()), Some(17));
     }
 
     #[test]
