@@ -11,6 +11,21 @@ use serde_json::json;
 use storage::{CqlConfig, CqlStore, HistoryStore, Page, Replication};
 use testkit::{GatewayProcess, RedisServer, cql_nodes, fresh_keyspace, redis_command};
 
+/// One shard stream of about 100 entries, trimmed every second.
+const SMALL_WINDOW: [&str; 6] = [
+    "--stream-shards",
+    "1",
+    "--stream-maxlen",
+    "100",
+    "--stream-trim-interval",
+    "1s",
+];
+
+/// Entries in the one shard stream `gw:{s0}`.
+fn stream_len(redis: &RedisServer) -> Option<u64> {
+    redis_command(redis.port, &["XLEN", "gw:{s0}"]).and_then(|r| r.trim_start_matches(':').trim().parse().ok())
+}
+
 async fn store(keyspace: &str) -> CqlStore {
     CqlStore::connect(&CqlConfig {
         nodes: cql_nodes(),
@@ -104,18 +119,7 @@ async fn messages_sent_across_nodes_land_in_history_exactly_once() {
 async fn a_client_away_longer_than_the_window_recovers_from_the_store() {
     let redis = RedisServer::start();
     let ks = fresh_keyspace("window");
-    let (n, _d) = node(
-        &redis,
-        &ks,
-        &[
-            "--stream-shards",
-            "1",
-            "--stream-maxlen",
-            "100",
-            "--stream-trim-interval",
-            "1s",
-        ],
-    );
+    let (n, _d) = node(&redis, &ks, &SMALL_WINDOW);
     let mut c = guest(&n.url()).await;
     c.join("w").await;
     let mut acked = Vec::new();
@@ -127,9 +131,7 @@ async fn a_client_away_longer_than_the_window_recovers_from_the_store() {
     // The window is trimmed once the persister has stored what it cuts.
     let started = Instant::now();
     loop {
-        let len: u64 = redis_command(redis.port, &["XLEN", "gw:{s0}"])
-            .and_then(|r| r.trim_start_matches(':').trim().parse().ok())
-            .unwrap_or(u64::MAX);
+        let len = stream_len(&redis).unwrap_or(u64::MAX);
         if len < 400 {
             break;
         }
@@ -184,15 +186,7 @@ async fn a_gateway_killed_mid_stream_loses_and_duplicates_nothing_in_history() {
 async fn streams_are_not_trimmed_below_what_the_persister_has_not_stored() {
     let redis = RedisServer::start();
     let ks = fresh_keyspace("trim");
-    let window = [
-        "--stream-shards",
-        "1",
-        "--stream-maxlen",
-        "100",
-        "--stream-trim-interval",
-        "1s",
-    ];
-    let mut no_persister = window.to_vec();
+    let mut no_persister = SMALL_WINDOW.to_vec();
     no_persister.extend_from_slice(&["--persister", "false"]);
     let (a, _da) = node(&redis, &ks, &no_persister);
     let mut c = guest(&a.url()).await;
@@ -201,11 +195,7 @@ async fn streams_are_not_trimmed_below_what_the_persister_has_not_stored() {
     for i in 0..500 {
         acked.push(c.send_msg("t", json!(i)).await);
     }
-    let xlen = || {
-        redis_command(redis.port, &["XLEN", "gw:{s0}"])
-            .and_then(|r| r.trim_start_matches(':').trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let xlen = || stream_len(&redis).unwrap_or(0);
     // Two trim runs pass with nothing stored: the stream keeps every entry.
     let runs = a.metric("gateway_bus_trim_runs_total");
     let started = Instant::now();
@@ -215,7 +205,7 @@ async fn streams_are_not_trimmed_below_what_the_persister_has_not_stored() {
     }
     assert!(xlen() >= 500, "trimmed to {} before anything was stored", xlen());
     // A node with a persister stores them; then the window is trimmed.
-    let (_b, _db) = node(&redis, &ks, &window);
+    let (_b, _db) = node(&redis, &ks, &SMALL_WINDOW);
     let store = store(&ks).await;
     wait_stored(&store, "t", 500).await;
     let started = Instant::now();
