@@ -205,17 +205,7 @@ async fn draining_node_is_not_ready_and_refuses_new_websockets() {
     assert_eq!(node.http("GET", "/readyz", &[], "").await.0, 503);
     assert_eq!(node.http("GET", "/healthz", &[], "").await.0, 200);
     let (status, _) = node
-        .http(
-            "GET",
-            "/ws",
-            &[
-                ("connection", "upgrade"),
-                ("upgrade", "websocket"),
-                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-                ("sec-websocket-version", "13"),
-            ],
-            "",
-        )
+        .http("GET", "/ws", &ws_upgrade_headers(Some(WS_KEY), "13"), "")
         .await;
     assert_eq!(status, 503);
     drop(partial);

@@ -105,6 +105,20 @@ impl Drop for TestNode {
     }
 }
 
+/// The headers of a WebSocket upgrade request, with `key` if given and
+/// this `version`.
+pub fn ws_upgrade_headers(key: Option<&'static str>, version: &'static str) -> Vec<(&'static str, &'static str)> {
+    let mut h = vec![("connection", "upgrade"), ("upgrade", "websocket")];
+    if let Some(key) = key {
+        h.push(("sec-websocket-key", key));
+    }
+    h.push(("sec-websocket-version", version));
+    h
+}
+
+/// A valid `Sec-WebSocket-Key` (RFC 6455's example).
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
 /// One HTTP/1.1 request over a fresh connection; returns status and body.
 pub async fn http_request(
     addr: SocketAddr,
