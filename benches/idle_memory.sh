@@ -2,8 +2,9 @@
 # Gateway resident memory per idle, authenticated connection (each joined to
 # one of ROOMS rooms). Starts PROCS release gateway processes (single-node
 # embedded defaults, each on a free loopback port), measures their RSS,
-# holds CONNECTIONS/PROCS connections on each with one `loadtest --scenario
-# idle` process per gateway (one process holds at most `ulimit -Hn` sockets),
+# holds CONNECTIONS/PROCS connections on each with `loadtest --scenario idle
+# --workers PROCS` (one process holds at most `ulimit -Hn` sockets; worker w
+# takes every PROCS-th connection, so each worker loads one gateway),
 # waits until every node counts its connections, and measures again.
 #   bash benches/idle_memory.sh [connections] [rooms] [procs]
 set -euo pipefail
@@ -38,18 +39,19 @@ tcp_pages() { awk '/^TCP:/ {for (i=1;i<=NF;i++) if ($i=="mem") print $(i+1)}' /p
 active() { curl -s "http://$1/metrics" | awk '/^gateway_connections_active / {print int($2)}'; }
 base=$(rss_total); base_tcp=$(tcp_pages)
 
-for p in $(seq 1 "$PROCS"); do
-    "$TARGET/loadtest" --url "ws://${addrs[$((p-1))]}/ws" --scenario idle --connections "$PER" --rooms "$ROOMS" \
-        --duration 1h --source-ips 50 --ramp 3000 --room-prefix "idle$p" --quiet >"$work/lt$p.json" 2>"$work/lt$p.err" &
-    cls+=($!)
-done
+urls=()
+for a in "${addrs[@]}"; do urls+=(--url "ws://$a/ws"); done
+"$TARGET/loadtest" "${urls[@]}" --workers "$PROCS" --scenario idle --connections "$(( PER * PROCS ))" \
+    --rooms "$ROOMS" --duration 1h --source-ips 50 --ramp $(( 3000 * PROCS )) --room-prefix idle --quiet \
+    >"$work/lt.json" 2>"$work/lt.err" &
+cls+=($!)
 started=$(date +%s)
 for a in "${addrs[@]}"; do
     for _ in $(seq 1 3000); do
         [ "$(active "$a" || echo 0)" = "$PER" ] && break
         sleep 0.1
     done
-    [ "$(active "$a")" = "$PER" ] || { echo "only $(active "$a") of $PER connected on $a"; cat "$work"/lt*.err; exit 1; }
+    [ "$(active "$a")" = "$PER" ] || { echo "only $(active "$a") of $PER connected on $a"; cat "$work/lt.err"; exit 1; }
 done
 loaded=$(rss_total); loaded_tcp=$(tcp_pages)
 

@@ -11,6 +11,7 @@
 
 pub mod proto;
 pub mod stats;
+pub mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -24,6 +25,7 @@ use clap::{Parser, ValueEnum};
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -124,6 +126,16 @@ pub struct Args {
     /// churn: connections opened and closed per second.
     #[arg(long, default_value_t = 100.0)]
     pub churn_rate: f64,
+    /// Split the run over this many worker processes, each with its own
+    /// open-file limit (one process holds at most `ulimit -Hn` sockets);
+    /// connections, senders, rates and ramp are divided among them, sending
+    /// starts when all are ready, and their counts and histograms are merged
+    /// into one report.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Set by the parent on its worker processes: this one's number.
+    #[arg(long, hide = true)]
+    pub worker_index: Option<usize>,
 }
 
 impl Args {
@@ -147,6 +159,12 @@ impl Args {
         if self.source_ips == 0 {
             bail!("--source-ips must be at least 1");
         }
+        if self.workers == 0 || self.workers > self.connections {
+            bail!("--workers must be from 1 to --connections");
+        }
+        if self.worker_index.is_some_and(|w| w >= self.workers) {
+            bail!("--worker-index must be below --workers");
+        }
         for u in &self.urls {
             target_of(u)?;
         }
@@ -155,6 +173,26 @@ impl Args {
 
     fn room(&self, n: usize) -> String {
         format!("{}-{n}", self.room_prefix)
+    }
+
+    /// This process's share of `0..n` (connections, senders, readers):
+    /// every `workers`-th index from its own.
+    fn share(&self, n: usize) -> impl Iterator<Item = usize> + use<> {
+        let (first, step) = match self.worker_index {
+            Some(w) => (w, self.workers),
+            None => (0, 1),
+        };
+        (first..n).step_by(step)
+    }
+
+    /// The processes the run is split over: this process's share of a total
+    /// rate is `1 / parts`.
+    fn parts(&self) -> f64 {
+        if self.worker_index.is_some() {
+            self.workers as f64
+        } else {
+            1.0
+        }
     }
 }
 
@@ -192,7 +230,9 @@ struct Shared {
     closes: Mutex<BTreeMap<String, u64>>,
     /// Members of each room (senders included), fixed before sending starts.
     members: Vec<AtomicU64>,
-    expected: AtomicU64,
+    /// Acknowledged sends to each room: expected deliveries are these times
+    /// the room's members (summed over workers first when split).
+    acked_by_room: Vec<AtomicU64>,
 }
 
 /// One room to join, resuming after `since` when given.
@@ -419,8 +459,7 @@ async fn read_loop(
                             if let Some((at, room)) = sent {
                                 shared.ack.record(at.elapsed());
                                 c.acked.fetch_add(1, Ordering::Relaxed);
-                                let members = shared.members[room].load(Ordering::Relaxed);
-                                shared.expected.fetch_add(members, Ordering::Relaxed);
+                                shared.acked_by_room[room].fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         proto::Frame::Error(id, code) => {
@@ -544,9 +583,17 @@ pub type Report = serde_json::Value;
 
 /// Runs the scenario and returns its report.
 pub async fn run(args: Args) -> anyhow::Result<Report> {
+    let tally = run_tally(args.clone()).await?;
+    Ok(tally.report(&args))
+}
+
+/// Runs the scenario (this process's share of it, in a worker) and returns
+/// what it counted.
+pub async fn run_tally(args: Args) -> anyhow::Result<Tally> {
     args.validate()?;
     let shared = Arc::new(Shared {
         members: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
+        acked_by_room: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
         args: args.clone(),
         counters: Counters::default(),
         connect: Latency::new(),
@@ -557,27 +604,29 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         churn: Latency::new(),
         errors: Mutex::default(),
         closes: Mutex::default(),
-        expected: AtomicU64::new(0),
     });
     let progress = stats::Progress::start(shared.clone(), args.quiet);
     let (storm, storm_rx) = tokio::sync::watch::channel(0u32);
 
     // Members, ramped: each a task that owns its connection.
     let mut tasks = Vec::new();
+    let ramp = args.ramp / args.parts();
     let ramp_started = Instant::now();
     let mut joining = FuturesUnordered::new();
-    let mut next = 0;
-    while next < args.connections || !joining.is_empty() {
-        while next < args.connections && joining.len() < 256 {
-            let due = ramp_started + Duration::from_secs_f64(next as f64 / args.ramp);
+    let mut mine = args.share(args.connections).enumerate().peekable();
+    while mine.peek().is_some() || !joining.is_empty() {
+        while joining.len() < 256
+            && let Some(&(k, index)) = mine.peek()
+        {
+            let due = ramp_started + Duration::from_secs_f64(k as f64 / ramp);
             if Instant::now() < due {
                 break;
             }
-            let room = next % args.rooms;
+            mine.next();
+            let room = index % args.rooms;
             let (tx, rx) = tokio::sync::oneshot::channel();
-            tasks.push(tokio::spawn(member(shared.clone(), next, room, storm_rx.clone(), tx)));
+            tasks.push(tokio::spawn(member(shared.clone(), index, room, storm_rx.clone(), tx)));
             joining.push(async move { (room, rx.await.unwrap_or(false)) });
-            next += 1;
         }
         let wait = tokio::time::sleep(Duration::from_millis(5));
         tokio::select! {
@@ -589,34 +638,50 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
     }
     let ramp_secs = ramp_started.elapsed().as_secs_f64();
-    if let Some(path) = &args.ready_file {
+
+    // Senders (fanout) and history readers connect before the clock starts.
+    let mut opened = Vec::new();
+    if matches!(args.scenario, Scenario::Fanout | Scenario::Reconnect) {
+        for s in args.share(args.senders) {
+            let rooms: Vec<usize> = (0..args.rooms)
+                .filter(|r| r % args.senders == s % args.rooms.min(args.senders))
+                .collect();
+            let rooms = if rooms.is_empty() { vec![s % args.rooms] } else { rooms };
+            let joins: Vec<Join> = rooms.iter().map(|&r| Join::new(args.room(r))).collect();
+            let (ws, _) = open(&shared, args.connections + s, &joins)
+                .await
+                .context("opening a sender")?;
+            for &r in &rooms {
+                shared.members[r].fetch_add(1, Ordering::Relaxed);
+            }
+            opened.push((s, ws, rooms));
+        }
+    }
+    let mut readers = Vec::new();
+    if args.scenario == Scenario::History {
+        for i in args.share(args.senders.max(1)) {
+            let (ws, _) = open(&shared, args.connections + i, &[])
+                .await
+                .context("opening a history reader")?;
+            readers.push(ws);
+        }
+    }
+    if args.worker_index.is_some() {
+        // Every worker's members are in their rooms before anyone sends.
+        workers::ready_then_wait(shared.counters.connected.load(Ordering::Relaxed)).await?;
+    } else if let Some(path) = &args.ready_file {
         std::fs::write(path, format!("{}\n", shared.counters.connected.load(Ordering::Relaxed)))
             .with_context(|| format!("writing {}", path.display()))?;
     }
 
     let send_started = Instant::now();
+    let mut send_secs = 0.0;
     match args.scenario {
         Scenario::Fanout | Scenario::Reconnect => {
-            let mut opened = Vec::new();
-            for s in 0..args.senders {
-                let rooms: Vec<usize> = (0..args.rooms)
-                    .filter(|r| r % args.senders == s % args.rooms.min(args.senders))
-                    .collect();
-                let rooms = if rooms.is_empty() { vec![s % args.rooms] } else { rooms };
-                let joins: Vec<Join> = rooms.iter().map(|&r| Join::new(args.room(r))).collect();
-                let (ws, _) = open(&shared, args.connections + s, &joins)
-                    .await
-                    .context("opening a sender")?;
-                for &r in &rooms {
-                    shared.members[r].fetch_add(1, Ordering::Relaxed);
-                }
-                opened.push((ws, rooms));
-            }
-            // The clock starts once every sender is in its rooms.
             let until = Instant::now() + args.duration;
             let per_sender = args.rate / args.senders as f64;
             let mut senders = Vec::new();
-            for (s, (ws, rooms)) in opened.into_iter().enumerate() {
+            for (s, ws, rooms) in opened {
                 let (tx, rx) = ws.split();
                 let acks: Acks = Arc::default();
                 let (pong_tx, pong_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -640,17 +705,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             for s in senders {
                 let _ = s.await;
             }
-            // Let deliveries in flight arrive.
-            let drain_until = Instant::now() + args.drain;
-            let mut last = shared.counters.delivered.load(Ordering::Relaxed);
-            while Instant::now() < drain_until {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let now = shared.counters.delivered.load(Ordering::Relaxed);
-                if now == last && now >= shared.expected.load(Ordering::Relaxed) {
-                    break;
-                }
-                last = now;
-            }
+            // Rates count to the last delivery, not to the end of the drain.
+            let last_delivery = shared.drain().await;
+            send_secs = last_delivery.duration_since(send_started).as_secs_f64();
         }
         Scenario::History => {
             let until = Instant::now() + args.duration;
@@ -660,10 +717,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 frame["before"] = json!(b.to_string());
             }
             let mut askers = Vec::new();
-            for i in 0..args.senders.max(1) {
-                let (ws, _) = open(&shared, args.connections + i, &[])
-                    .await
-                    .context("opening a history reader")?;
+            for ws in readers {
                 let (shared, frame) = (shared.clone(), frame.to_string());
                 askers.push(tokio::spawn(
                     async move { history_loop(shared, ws, frame, until).await },
@@ -676,13 +730,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         Scenario::Churn => {
             let until = Instant::now() + args.duration;
             let started = Instant::now();
+            let rate = args.churn_rate / args.parts();
+            let (first, step) = (args.worker_index.unwrap_or(0), args.parts() as usize);
             let mut opened = 0u64;
             let mut churning = FuturesUnordered::new();
             while Instant::now() < until || !churning.is_empty() {
-                let due = (started.elapsed().as_secs_f64() * args.churn_rate) as u64;
+                let due = (started.elapsed().as_secs_f64() * rate) as u64;
                 while opened < due && Instant::now() < until && churning.len() < 512 {
-                    let index = args.connections + (opened as usize % 50_000);
-                    let room = Join::new(args.room(opened as usize % args.rooms));
+                    let n = opened as usize * step + first;
+                    let index = args.connections + (n % 50_000);
+                    let room = Join::new(args.room(n % args.rooms));
                     let shared = shared.clone();
                     churning.push(async move {
                         let begun = Instant::now();
@@ -708,62 +765,214 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
         Scenario::Idle => tokio::time::sleep(args.duration).await,
     }
-    let send_secs = send_started.elapsed().as_secs_f64();
+    if send_secs == 0.0 {
+        send_secs = send_started.elapsed().as_secs_f64();
+    }
     progress.stop();
     for t in tasks {
         t.abort();
     }
-    Ok(shared.report(ramp_secs, send_secs))
+    Ok(shared.tally(ramp_secs, send_secs))
 }
 
 impl Shared {
-    fn report(&self, ramp_secs: f64, send_secs: f64) -> Report {
+    /// Deliveries this process's members should get for what was
+    /// acknowledged here (only meaningful when the run is not split).
+    fn expected(&self) -> u64 {
+        self.members
+            .iter()
+            .zip(&self.acked_by_room)
+            .map(|(m, a)| m.load(Ordering::Relaxed) * a.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Waits for deliveries still in flight after the last send: until all
+    /// expected arrived, or (split over workers, where the expected count is
+    /// known only to the parent) until a second passes with none, or
+    /// `--drain` is over. Returns when the last delivery was seen (to
+    /// within 100 ms).
+    async fn drain(&self) -> Instant {
         let c = &self.counters;
-        let expected = self.expected.load(Ordering::Relaxed);
-        let delivered = c.delivered.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let drain_until = started + self.args.drain;
+        let split = self.args.worker_index.is_some();
+        let (mut last, mut quiet, mut last_change) = (c.delivered.load(Ordering::Relaxed), 0, started);
+        while Instant::now() < drain_until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = c.delivered.load(Ordering::Relaxed);
+            if now == last {
+                quiet += 1;
+            } else {
+                (quiet, last_change) = (0, Instant::now());
+            }
+            if (split && quiet >= 10) || (!split && quiet >= 1 && now >= self.expected()) {
+                break;
+            }
+            last = now;
+        }
+        last_change
+    }
+
+    fn tally(&self, ramp_seconds: f64, duration_seconds: f64) -> Tally {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let latency = [
+            ("connect", &self.connect),
+            ("ack", &self.ack),
+            ("delivery", &self.delivery),
+            ("history", &self.history),
+            ("reconnect", &self.reconnect),
+            ("churn_connect", &self.churn),
+        ]
+        .into_iter()
+        .map(|(name, l)| (name.to_string(), l.recorded()))
+        .collect();
+        Tally {
+            connected: load(&c.connected),
+            failed_connects: load(&c.failed_connects),
+            sent: load(&c.sent),
+            acked: load(&c.acked),
+            send_errors: load(&c.send_errors),
+            delivered: load(&c.delivered),
+            duplicates: load(&c.duplicates),
+            reconnected: load(&c.reconnected),
+            reconnect_failures: load(&c.reconnect_failures),
+            not_recovered: load(&c.not_recovered),
+            churned: load(&c.churned),
+            churn_failures: load(&c.churn_failures),
+            members: self.members.iter().map(load).collect(),
+            acked_by_room: self.acked_by_room.iter().map(load).collect(),
+            errors: self.errors.lock().clone(),
+            closes: self.closes.lock().clone(),
+            latency,
+            ramp_seconds,
+            duration_seconds,
+        }
+    }
+}
+
+/// What one run (or one worker's share of it) counted: counters, room
+/// membership and acknowledged sends per room, and latency distributions as
+/// (microseconds, count) pairs. Worker processes send theirs to the parent,
+/// which merges them; the report is made from the merged tally.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tally {
+    pub connected: u64,
+    pub failed_connects: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub send_errors: u64,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub reconnected: u64,
+    pub reconnect_failures: u64,
+    pub not_recovered: u64,
+    pub churned: u64,
+    pub churn_failures: u64,
+    pub members: Vec<u64>,
+    pub acked_by_room: Vec<u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub closes: BTreeMap<String, u64>,
+    pub latency: BTreeMap<String, Vec<(u64, u64)>>,
+    pub ramp_seconds: f64,
+    pub duration_seconds: f64,
+}
+
+impl Tally {
+    /// Adds another worker's tally to this one.
+    pub fn merge(&mut self, other: Tally) {
+        for (a, b) in [
+            (&mut self.connected, other.connected),
+            (&mut self.failed_connects, other.failed_connects),
+            (&mut self.sent, other.sent),
+            (&mut self.acked, other.acked),
+            (&mut self.send_errors, other.send_errors),
+            (&mut self.delivered, other.delivered),
+            (&mut self.duplicates, other.duplicates),
+            (&mut self.reconnected, other.reconnected),
+            (&mut self.reconnect_failures, other.reconnect_failures),
+            (&mut self.not_recovered, other.not_recovered),
+            (&mut self.churned, other.churned),
+            (&mut self.churn_failures, other.churn_failures),
+        ] {
+            *a += b;
+        }
+        for (mine, theirs) in [
+            (&mut self.members, other.members),
+            (&mut self.acked_by_room, other.acked_by_room),
+        ] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
+        for (mine, theirs) in [(&mut self.errors, other.errors), (&mut self.closes, other.closes)] {
+            for (k, v) in theirs {
+                *mine.entry(k).or_default() += v;
+            }
+        }
+        for (name, pairs) in other.latency {
+            self.latency.entry(name).or_default().extend(pairs);
+        }
+        self.ramp_seconds = self.ramp_seconds.max(other.ramp_seconds);
+        self.duration_seconds = self.duration_seconds.max(other.duration_seconds);
+    }
+
+    /// Deliveries the acknowledged sends should have made: each room's
+    /// acknowledged sends times its members.
+    pub fn expected(&self) -> u64 {
+        self.members.iter().zip(&self.acked_by_room).map(|(m, a)| m * a).sum()
+    }
+
+    pub fn report(&self, args: &Args) -> Report {
+        let expected = self.expected();
+        let delivered = self.delivered;
         let loss = if expected == 0 {
             0.0
         } else {
             expected.saturating_sub(delivered) as f64 / expected as f64
         };
+        let secs = self.duration_seconds;
+        let per_second = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let error_replies = self.errors.values().sum::<u64>();
+        let latency: serde_json::Map<String, serde_json::Value> = self
+            .latency
+            .iter()
+            .map(|(name, pairs)| (name.clone(), stats::summary(&stats::from_recorded(pairs))))
+            .collect();
         json!({
-            "scenario": format!("{:?}", self.args.scenario).to_lowercase(),
-            "urls": self.args.urls,
-            "connections": self.args.connections,
-            "connected": c.connected.load(Ordering::Relaxed),
-            "failed_connects": c.failed_connects.load(Ordering::Relaxed),
-            "rooms": self.args.rooms,
-            "senders": self.args.senders,
-            "rate_target": self.args.rate,
-            "ramp_seconds": ramp_secs,
-            "duration_seconds": send_secs,
-            "sent": c.sent.load(Ordering::Relaxed),
-            "acked": c.acked.load(Ordering::Relaxed),
-                        "send_errors": c.send_errors.load(Ordering::Relaxed),
-            "error_replies": self.errors.lock().values().sum::<u64>(),
-            "unacknowledged": c.sent.load(Ordering::Relaxed)
-                .saturating_sub(c.acked.load(Ordering::Relaxed) + self.errors.lock().values().sum::<u64>()),
+            "scenario": format!("{:?}", args.scenario).to_lowercase(),
+            "urls": args.urls,
+            "workers": args.workers,
+            "connections": args.connections,
+            "connected": self.connected,
+            "failed_connects": self.failed_connects,
+            "rooms": args.rooms,
+            "senders": args.senders,
+            "rate_target": args.rate,
+            "ramp_seconds": self.ramp_seconds,
+            "duration_seconds": secs,
+            "sent": self.sent,
+            "acked": self.acked,
+            "send_errors": self.send_errors,
+            "error_replies": error_replies,
+            "unacknowledged": self.sent.saturating_sub(self.acked + error_replies),
             "expected_deliveries": expected,
             "delivered": delivered,
             "loss": loss,
-            "duplicates": c.duplicates.load(Ordering::Relaxed),
-            "reconnected": c.reconnected.load(Ordering::Relaxed),
-            "reconnect_failures": c.reconnect_failures.load(Ordering::Relaxed),
-            "not_recovered": c.not_recovered.load(Ordering::Relaxed),
-            "churned": c.churned.load(Ordering::Relaxed),
-            "churn_failures": c.churn_failures.load(Ordering::Relaxed),
-                        "deliveries_per_second": if send_secs > 0.0 { delivered as f64 / send_secs } else { 0.0 },
-            "acks_per_second": if send_secs > 0.0 { c.acked.load(Ordering::Relaxed) as f64 / send_secs } else { 0.0 },
-            "latency_ms": {
-                "connect": self.connect.summary(),
-                "ack": self.ack.summary(),
-                                "delivery": self.delivery.summary(),
-                "history": self.history.summary(),
-                "reconnect": self.reconnect.summary(),
-                "churn_connect": self.churn.summary(),
-            },
-            "errors": *self.errors.lock(),
-            "close_codes": *self.closes.lock(),
+            "duplicates": self.duplicates,
+            "reconnected": self.reconnected,
+            "reconnect_failures": self.reconnect_failures,
+            "not_recovered": self.not_recovered,
+            "churned": self.churned,
+            "churn_failures": self.churn_failures,
+            "deliveries_per_second": per_second(delivered),
+            "acks_per_second": per_second(self.acked),
+            "latency_ms": latency,
+            "errors": self.errors,
+            "close_codes": self.closes,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! The `loadtest` binary: parse, run, report, apply thresholds.
+//! The `loadtest` binary: parse, run (in this process, or split over worker
+//! processes), report, apply thresholds.
 
 use std::process::ExitCode;
 
@@ -14,11 +15,29 @@ fn main() -> ExitCode {
         return ExitCode::from(64);
     }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let report = match runtime.block_on(loadtest::run(args.clone())) {
+    let result = if args.workers > 1 && args.worker_index.is_none() {
+        let argv: Vec<_> = std::env::args_os().skip(1).collect();
+        std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|exe| loadtest::workers::run_parent(&exe, &argv, &args))
+    } else {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        if args.worker_index.is_some() {
+            // A worker: its tally goes to the parent, which reports.
+            return match runtime.block_on(loadtest::workers::serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("loadtest worker: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        runtime.block_on(loadtest::run(args.clone()))
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadtest: {e:#}");

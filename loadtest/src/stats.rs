@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 #[derive(Default)]
@@ -82,16 +83,33 @@ impl Latency {
         all
     }
 
-    /// `{count, p50, p90, p99, p999, max}` in milliseconds.
-    pub fn summary(&self) -> serde_json::Value {
+    /// The distribution as (microseconds, count) pairs: how a worker
+    /// process hands its histograms to the parent.
+    pub fn recorded(&self) -> Vec<(u64, u64)> {
         let h = self.merged();
-        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        json!({
-            "count": h.len(),
-            "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999),
-            "max": h.max() as f64 / 1000.0,
-        })
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
     }
+}
+
+/// A histogram rebuilt from (microseconds, count) pairs.
+pub fn from_recorded(pairs: &[(u64, u64)]) -> Histogram<u64> {
+    let mut h = new_histogram();
+    for &(us, n) in pairs {
+        let _ = h.record_n(us.clamp(1, 3_600_000_000), n);
+    }
+    h
+}
+
+/// `{count, p50, p90, p99, p999, max}` in milliseconds.
+pub fn summary(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999),
+        "max": h.max() as f64 / 1000.0,
+    })
 }
 
 impl Default for Latency {
@@ -100,8 +118,105 @@ impl Default for Latency {
     }
 }
 
-/// Live progress on stderr: a spinner line on a terminal, a plain line
-/// every five seconds otherwise.
+/// Progress so far: what the live line shows, and what a worker process
+/// reports to the parent once a second.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub connected: u64,
+    pub failed: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    /// Delivery p99 so far (across workers: the largest worker's).
+    pub p99_ms: f64,
+}
+
+impl Snapshot {
+    pub(crate) fn of(shared: &crate::Shared) -> Snapshot {
+        let c = &shared.counters;
+        Snapshot {
+            connected: c.connected.load(Ordering::Relaxed),
+            failed: c.failed_connects.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            p99_ms: shared.delivery.merged().value_at_quantile(0.99) as f64 / 1000.0,
+        }
+    }
+
+    /// Several workers' progress as one.
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Snapshot>) -> Snapshot {
+        parts.into_iter().fold(Snapshot::default(), |a, b| Snapshot {
+            connected: a.connected + b.connected,
+            failed: a.failed + b.failed,
+            sent: a.sent + b.sent,
+            acked: a.acked + b.acked,
+            delivered: a.delivered + b.delivered,
+            p99_ms: a.p99_ms.max(b.p99_ms),
+        })
+    }
+}
+
+/// Shows one snapshot a second on stderr: a spinner line on a terminal, a
+/// plain line every five seconds otherwise.
+pub struct Ticker {
+    bar: Option<indicatif::ProgressBar>,
+    last: Snapshot,
+    tick: u64,
+}
+
+impl Ticker {
+    pub fn new() -> Ticker {
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(indicatif::ProgressBar::new_spinner);
+        Ticker {
+            bar,
+            last: Snapshot::default(),
+            tick: 0,
+        }
+    }
+
+    /// Call once a second: rates are per call.
+    pub fn show(&mut self, now: Snapshot) {
+        self.tick += 1;
+        let line = format!(
+            "conns {} (failed {}) | sent {}/s acked {} | delivered {}/s | delivery p99 {:.2} ms",
+            now.connected,
+            now.failed,
+            now.sent.saturating_sub(self.last.sent),
+            now.acked,
+            now.delivered.saturating_sub(self.last.delivered),
+            now.p99_ms
+        );
+        self.last = now;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(line);
+                bar.tick();
+            }
+            None if self.tick.is_multiple_of(5) => eprintln!("{line}"),
+            None => {}
+        }
+    }
+}
+
+impl Default for Ticker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Live progress of a run: shown on stderr, or in a worker process written
+/// to stdout for the parent (one JSON line a second).
 pub struct Progress {
     stop: Arc<AtomicU64>,
 }
@@ -109,41 +224,19 @@ pub struct Progress {
 impl Progress {
     pub(crate) fn start(shared: Arc<crate::Shared>, quiet: bool) -> Progress {
         let stop = Arc::new(AtomicU64::new(0));
-        if !quiet {
+        let worker = shared.args.worker_index.is_some();
+        if worker || !quiet {
             let flag = stop.clone();
             tokio::spawn(async move {
-                let tty = std::io::stderr().is_terminal();
-                let bar = if tty {
-                    indicatif::ProgressBar::new_spinner()
-                } else {
-                    indicatif::ProgressBar::hidden()
-                };
-                let c = &shared.counters;
-                let (mut last_sent, mut last_delivered) = (0, 0);
-                let mut tick = 0u64;
+                let mut ticker = (!worker).then(Ticker::new);
                 while flag.load(Ordering::Relaxed) == 0 {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    tick += 1;
-                    let (sent, delivered) = (c.sent.load(Ordering::Relaxed), c.delivered.load(Ordering::Relaxed));
-                    let p99 = shared.delivery.merged().value_at_quantile(0.99) as f64 / 1000.0;
-                    let line = format!(
-                        "conns {} (failed {}) | sent {}/s acked {} | delivered {}/s | delivery p99 {:.2} ms",
-                        c.connected.load(Ordering::Relaxed),
-                        c.failed_connects.load(Ordering::Relaxed),
-                        sent - last_sent,
-                        c.acked.load(Ordering::Relaxed),
-                        delivered - last_delivered,
-                        p99
-                    );
-                    (last_sent, last_delivered) = (sent, delivered);
-                    if tty {
-                        bar.set_message(line);
-                        bar.tick();
-                    } else if tick.is_multiple_of(5) {
-                        eprintln!("{line}");
+                    let now = Snapshot::of(&shared);
+                    match &mut ticker {
+                        Some(t) => t.show(now),
+                        None => crate::workers::emit(&crate::workers::Line::Progress(now)),
                     }
                 }
-                bar.finish_and_clear();
             });
         }
         Progress { stop }
