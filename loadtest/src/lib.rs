@@ -30,6 +30,7 @@ use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use proto::Protocol;
@@ -271,7 +272,12 @@ async fn open(shared: &Shared, index: usize, rooms: &[Join]) -> anyhow::Result<(
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
     }
-    let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
+    // tungstenite zero-fills its whole read buffer before every read (128
+    // KiB by default): profiled at 29% of the box's CPU in a fan-out run,
+    // and 128 KiB of memory per member. Our frames are small.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config)).await?;
     let proto = args.protocol;
     let joins: Vec<(String, Option<u64>)> = rooms.iter().map(|j| (j.room.clone(), j.since)).collect();
     let setup = proto.setup(args.jwt_secret.is_none(), &joins);
@@ -494,14 +500,14 @@ async fn read_loop(
 /// The decimal number right after the first `pattern` in a frame: fields of
 /// fixed, known frames, read without parsing the JSON.
 fn number_after(frame: &[u8], pattern: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(frame, pattern)? + pattern.len();
+    let at = proto::find(frame, pattern)? + pattern.len();
     let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
 }
 
 /// The room number in a frame (`<marker><prefix>-<n>"`).
 fn room_number(frame: &[u8], marker: &[u8]) -> Option<usize> {
-    let at = memchr::memmem::find(frame, marker)? + marker.len();
+    let at = proto::find(frame, marker)? + marker.len();
     let end = at + memchr::memchr(b'"', &frame[at..])?;
     let room = std::str::from_utf8(&frame[at..end]).ok()?;
     room.rsplit('-').next()?.parse().ok()
