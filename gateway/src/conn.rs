@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -209,8 +210,25 @@ fn close_label(code: u16) -> &'static str {
     }
 }
 
+/// What woke the connection's wait.
+enum Wake {
+    Shutdown,
+    Readable(io::Result<()>),
+    Writable(io::Result<()>),
+    Signalled,
+    Timer,
+}
+
 async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> End {
     let shutdown = s.node.shutdown.clone();
+    // The wait below runs once per delivery: its shutdown waiter and timer
+    // are registered once for the connection's life (the timer re-armed only
+    // when its deadline moves), and socket readiness and the queue's signal
+    // are single waker slots, so a wake costs no registrations.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(s.next_deadline());
+    tokio::pin!(timer);
     loop {
         if let Some(end) = s.end.take() {
             return end;
@@ -225,15 +243,45 @@ async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> End {
             }
             continue;
         }
+        // Write what is queued straight away: the socket is usually
+        // writable, and when it is not the attempt costs no syscall (or
+        // one WouldBlock that clears the readiness the wait then needs).
+        if !s.handle.queue.lock().items.is_empty() && flush(tcp, s).is_err() {
+            return End::Drop("write failed");
+        }
         let (wants_write, may_read) = {
             let q = s.handle.queue.lock();
             (!q.items.is_empty(), q.own_bytes < OWN_HIGH_WATER)
         };
         let deadline = s.next_deadline();
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return End::Close(close::GOING_AWAY, "node draining"),
-            ready = tcp.readable(), if may_read => {
+        if timer.deadline() != deadline || timer.is_elapsed() {
+            timer.as_mut().reset(deadline);
+        }
+        let handle = &s.handle;
+        let stream = &*tcp;
+        let wake = std::future::poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Shutdown);
+            }
+            if may_read && let Poll::Ready(r) = stream.poll_read_ready(cx) {
+                return Poll::Ready(Wake::Readable(r));
+            }
+            if wants_write && let Poll::Ready(r) = stream.poll_write_ready(cx) {
+                return Poll::Ready(Wake::Writable(r));
+            }
+            // Always armed: it also signals an overflow while we wait to write.
+            if handle.poll_signal(cx).is_ready() {
+                return Poll::Ready(Wake::Signalled);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Shutdown => return End::Close(close::GOING_AWAY, "node draining"),
+            Wake::Readable(ready) => {
                 if ready.is_err() {
                     return End::Drop("socket error");
                 }
@@ -247,14 +295,14 @@ async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> End {
                     Err(_) => return End::Drop("socket error"),
                 }
             }
-            ready = tcp.writable(), if wants_write => {
-                if ready.is_err() || flush(tcp, s).is_err() {
+            // The loop's top writes.
+            Wake::Writable(ready) => {
+                if ready.is_err() {
                     return End::Drop("write failed");
                 }
             }
-            // Always armed: it also signals an overflow while we wait to write.
-            _ = s.handle.notify.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {
+            Wake::Signalled => {}
+            Wake::Timer => {
                 if let Some(end) = s.on_timer() {
                     return end;
                 }
@@ -382,10 +430,12 @@ fn ws_error_end(e: WebSocketError) -> End {
 fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
     let m = metrics::get();
     loop {
-        let mut batch: Vec<Out> = Vec::with_capacity(MAX_IOV);
+        let mut batch: Vec<Out>;
         let mut offset;
         {
             let mut q = s.handle.queue.lock();
+            // Sized to what is queued: usually one delivery.
+            batch = Vec::with_capacity(q.items.len().min(MAX_IOV));
             offset = q.front_offset;
             while batch.len() < MAX_IOV {
                 let Some(item) = q.items.pop_front() else { break };

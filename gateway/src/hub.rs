@@ -15,13 +15,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use dispatcher::{Delivery, Sink};
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use protocol::encode::{MsgView, msg_event, room_user_event};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::ws;
 
@@ -76,7 +77,13 @@ pub struct Queue {
 pub struct ConnHandle {
     pub id: u64,
     pub queue: Mutex<Queue>,
-    pub notify: Notify,
+    /// Wakes the connection's task: something was queued on an empty queue,
+    /// the queue overflowed, or it was closed. A flag and one waker slot
+    /// rather than a `Notify`: the task re-arms it on every delivery, and
+    /// registering in a waiter list (and leaving it) per wake showed in
+    /// profiles.
+    waker: AtomicWaker,
+    signalled: AtomicBool,
     max_queue: usize,
 }
 
@@ -86,8 +93,27 @@ impl ConnHandle {
         ConnHandle {
             id,
             queue: Mutex::new(Queue::default()),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
+            signalled: AtomicBool::new(false),
             max_queue,
+        }
+    }
+
+    /// Wakes the connection's task (or makes its next wait return at once).
+    fn signal(&self) {
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The connection task's wait: ready once `signal` was called since the
+    /// last time this returned ready.
+    pub fn poll_signal(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Register first, then check: a signal between the two is not lost.
+        self.waker.register(cx.waker());
+        if self.signalled.swap(false, Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
     }
 
@@ -109,7 +135,7 @@ impl ConnHandle {
         if q.deliveries >= self.max_queue {
             q.overflowed = true;
             drop(q);
-            self.notify.notify_one();
+            self.signal();
             return false;
         }
         let was_empty = q.items.is_empty();
@@ -117,7 +143,7 @@ impl ConnHandle {
         q.deliveries += 1;
         drop(q);
         if was_empty {
-            self.notify.notify_one();
+            self.signal();
         }
         true
     }
@@ -135,7 +161,7 @@ impl ConnHandle {
         q.items.push_back(Out::Own(frame));
         drop(q);
         if was_empty {
-            self.notify.notify_one();
+            self.signal();
         }
     }
 
@@ -167,7 +193,7 @@ impl ConnHandle {
         q.items = kept;
         drop(q);
         if was_empty {
-            self.notify.notify_one();
+            self.signal();
         }
     }
 
@@ -248,7 +274,8 @@ impl Hub {
         Arc::new(ConnHandle {
             id,
             queue: Mutex::new(Queue::default()),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
+            signalled: AtomicBool::new(false),
             max_queue: self.max_queue,
         })
     }
