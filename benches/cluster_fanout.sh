@@ -33,7 +33,7 @@ for i in $(seq 1 "$NODES"); do
         --max-rooms-per-connection 1000 --outbound-queue 8192 --log warn,gateway=info >"$log" 2>&1 &
     pids+=($!)
     for _ in $(seq 1 200); do
-        addr=$(grep -o '"addr":"[0-9.:]*"' "$log" | head -1 | cut -d'"' -f4 || true)
+        addr=$(grep -so '"addr":"[0-9.:]*"' "$log" | head -1 | cut -d'"' -f4 || true)
         [ -n "$addr" ] && break
         sleep 0.05
     done
@@ -78,7 +78,7 @@ for shape in $SHAPES; do
     # 1,000 rooms of 10 members (and 20 senders, one per 50 rooms).
         rooms1000x10) run rooms1000x10 --connections 10000 --rooms 1000 --senders 20 --rate "${ROOMS_RATE:-10000}" --ramp 3000 ;;
     # A room of 10,000 members (and 4 senders).
-    room10000) run room10000 --connections 10000 --rooms 1 --senders 4 --rate "${ROOM_RATE:-50}" --ramp 3000 ;;
+    room10000) run room10000 --connections 10000 --rooms 1 --senders 4 --rate "${ROOM10K_RATE:-50}" --ramp 3000 ;;
     # 10,000 rooms of 10 members (and 40 senders, one per 250 rooms).
     rooms10000x10) run rooms10000x10 --connections 100000 --rooms 10000 --senders 40 --rate "${ROOMS_RATE:-5000}" \
         --ramp 3000 --drain 10s ;;

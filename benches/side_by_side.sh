@@ -88,16 +88,23 @@ idle() {  # target
 
 fanout() {  # target name loadtest-args...
     local target=$1 name=$2; shift 2
-    start "$target"
-    local t0; t0=$(ticks "$pid")
+        start "$target"
+    rm -f "$OUT/ready"
     "$T/loadtest" --protocol "$(proto_of "$target")" --url "$url" --quiet --duration "${SECS}s" --source-ips 20 \
-        --report "$OUT/$name-$target.json" "$@" >/dev/null || true
-    local used=$(( $(ticks "$pid") - t0 ))
+        --ready-file "$OUT/ready" --report "$OUT/$name-$target.json" "$@" >/dev/null &
+    local lt=$!
+    # Server CPU is counted from the start of sending (after the ramp).
+    while [ ! -s "$OUT/ready" ] && kill -0 "$lt" 2>/dev/null; do sleep 0.05; done
+    local t0 w0; t0=$(ticks "$pid"); w0=$(date +%s.%N)
+    wait "$lt" || true
+    local used=$(( $(ticks "$pid") - t0 )) wall
+    wall=$(python3 -c "import sys, time; print(time.time() - float(sys.argv[1]))" "$w0")
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-    python3 - "$OUT/$name-$target.json" "$name" "$target" "$used" "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$OUT/$name-$target.json" "$name" "$target" "$used" "$(getconf CLK_TCK)" "$wall" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); d = r["latency_ms"]["delivery"]
-cores = int(sys.argv[4]) / int(sys.argv[5]) / r["duration_seconds"]
+# Over the wall time from the end of the ramp to the report.
+cores = int(sys.argv[4]) / int(sys.argv[5]) / float(sys.argv[6])
 print(f"{sys.argv[2]} {sys.argv[3]}: acked/s={r['acks_per_second']:.0f} deliveries/s={r['deliveries_per_second']:.0f} "
       f"loss={r['loss']:.6f} delivery_p50={d['p50']:.2f}ms p99={d['p99']:.2f}ms server_cores={cores:.2f} "
       f"deliveries_per_core_s={r['deliveries_per_second'] / max(cores, 0.01):.0f} closes={r['close_codes']} errors={r['errors']}")
@@ -106,7 +113,7 @@ PY
 
 for target in ours centrifugo; do idle "$target"; done
 [ -n "${IDLE_ONLY:-}" ] && exit 0
-for rate in 300 700; do
+for rate in 300 700 1500; do
     for target in ours centrifugo; do
         fanout "$target" "room1000@$rate" --connections 1000 --rooms 1 --senders 4 --rate "$rate"
     done
