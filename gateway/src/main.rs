@@ -8,6 +8,9 @@ use gateway::{Config, ConfigError};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+// `--features system-alloc` keeps the system allocator, so that heap
+// profilers that interpose malloc (heaptrack) see every allocation.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
