@@ -341,8 +341,10 @@ fn has_data(tcp: &TcpStream) -> io::Result<bool> {
 /// frame. Errors end the connection.
 async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> Result<(), End> {
     let tracker = Mutex::new(FrameTracker::default());
+    let (read_half, write_half) = tcp.split();
+    let out: &TcpStream = write_half.as_ref();
     let mut io = CountingIo {
-        tcp,
+        tcp: read_half,
         prefix,
         tracker: &tracker,
     };
@@ -359,13 +361,52 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
     let shutdown = s.node.shutdown.clone();
     let mut returned = 0u64;
     loop {
-        // Racing read_frame is only safe because both other outcomes end
-        // the connection: its half-read state is never used again.
-        let read = tokio::select! {
-            read = tokio::time::timeout(stall, ws.read_frame()) => read,
-                        _ = shutdown.cancelled() => {
-                s.flush_sends().await;
-                return Err(End::Close(close::GOING_AWAY, "node draining"));
+        // While a frame is half read (a slow upload), what is queued for
+        // the client is still written: the read stays pending (never
+        // dropped mid-frame, except when the connection ends) while the
+        // queue's signal and the socket's writability are served.
+        let read = {
+            let frame = tokio::time::timeout(stall, ws.read_frame());
+            let cancelled = shutdown.cancelled();
+            tokio::pin!(frame, cancelled);
+            loop {
+                let wants_write = !s.handle.queue.lock().items.is_empty();
+                let handle = &s.handle;
+                let wake = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(read) = frame.as_mut().poll(cx) {
+                        return Poll::Ready(Some(Ok(read)));
+                    }
+                    if cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(())));
+                    }
+                    if wants_write && out.poll_write_ready(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if handle.poll_signal(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match wake {
+                    Some(Ok(read)) => break read,
+                    Some(Err(())) => {
+                        s.flush_sends().await;
+                        return Err(End::Close(close::GOING_AWAY, "node draining"));
+                    }
+                    None => {
+                        if flush(out, s).is_err() {
+                            return Err(End::Drop("write failed"));
+                        }
+                        if s.handle.overflowed() {
+                            metrics::get().slow_consumers.increment(1);
+                            return Err(End::Close(
+                                close::SLOW_CONSUMER,
+                                "slow consumer: outbound queue overflowed",
+                            ));
+                        }
+                    }
+                }
             }
         };
         let frame = match read {

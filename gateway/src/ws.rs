@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 fn frame_bytes(opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut head = [0u8; 14];
@@ -142,7 +142,9 @@ impl FrameTracker {
 /// ahead of the upgrade first, then the socket; every byte is fed to the
 /// tracker. Writes never go through here (auto pong and auto close are off).
 pub struct CountingIo<'a> {
-    pub tcp: &'a mut TcpStream,
+    /// The read half only: the connection keeps writing through the other
+    /// while a frame is half read.
+    pub tcp: ReadHalf<'a>,
     pub prefix: &'a mut Bytes,
     pub tracker: &'a Mutex<FrameTracker>,
 }
@@ -164,7 +166,7 @@ impl AsyncRead for CountingIo<'_> {
         if limit < buf.remaining() {
             // Read into a narrower window so no byte of the next frame comes in.
             let mut narrow = buf.take(limit);
-            ready!(Pin::new(&mut *this.tcp).poll_read(cx, &mut narrow))?;
+            ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut narrow))?;
             let n = narrow.filled().len();
             this.tracker.lock().feed(narrow.filled());
             // SAFETY: `narrow` wrote and initialised these `n` bytes of `buf`.
@@ -173,7 +175,7 @@ impl AsyncRead for CountingIo<'_> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut *this.tcp).poll_read(cx, buf))?;
+        ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
         this.tracker.lock().feed(&buf.filled()[before..]);
         Poll::Ready(Ok(()))
     }

@@ -721,3 +721,55 @@ async fn pipelined_sends_are_answered_in_order() {
     let mut c = node.guest().await;
     pipelined_sends_keep_order(&mut c).await;
 }
+
+/// A client frame arriving slowly (its header and a few bytes, the rest
+/// later) must not hold back what the node has for that client: replies to
+/// earlier requests and room messages still arrive while the frame is half
+/// read, and the frame is served once it completes.
+#[tokio::test]
+async fn a_half_received_frame_does_not_hold_back_deliveries() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start(&[]).await;
+    let mut slow = node.guest().await;
+    slow.join("upload").await;
+    let mut sender = node.guest().await;
+    sender.join("upload").await;
+    let tcp = match slow.ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(s) => s,
+        _ => unreachable!(),
+    };
+    // Masked client frames with a zero mask (payload unchanged).
+    let masked = |payload: &[u8]| {
+        let mut f = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    let later = masked(br#"{"op":"ping","id":2}"#);
+    // One write, so the node reads both at once: a whole ping, then the
+    // first 8 bytes of the next frame, whose rest does not come yet.
+    let mut bytes = masked(br#"{"op":"ping","id":1}"#);
+    bytes.extend_from_slice(&later[..8]);
+    tcp.write_all(&bytes).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut read_until = async |tcp: &mut tokio::net::TcpStream, what: &str| {
+        let found = |seen: &[u8]| seen.windows(what.len()).any(|w| w == what.as_bytes());
+        while !found(&seen) {
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{what} did not arrive: {}", String::from_utf8_lossy(&seen)))
+                .unwrap();
+            assert!(n > 0, "closed before {what}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    // The reply to the whole frame, while the next one is half read.
+    read_until(tcp, r#""id":1"#).await;
+    // A room message, still while the frame is half read.
+    sender.send_msg("upload", json!({"t": "while you upload"})).await;
+    read_until(tcp, "while you upload").await;
+    // The rest of the frame: it is served as usual.
+    tcp.write_all(&later[8..]).await.unwrap();
+    read_until(tcp, r#""id":2"#).await;
+}
