@@ -15,6 +15,7 @@ set -euo pipefail
 NODES=${1:-1}
 SECS=${2:-10}
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 cargo build -q --release -p gateway -p loadtest
 T=${CARGO_TARGET_DIR:-target}/release
 OUT=${OUT:-$(mktemp -d)}
@@ -28,16 +29,10 @@ port=${GATEWAY_REDIS_URL##*:}
 urls=()
 for i in $(seq 1 "$NODES"); do
     log=$OUT/gw$i.log
-    "$T/gateway" --listen 127.0.0.1:0 --log-format json --data-dir "$OUT/gw$i" \
-        --send-rate 1000000 --send-burst 1000000 --request-rate 1000000 --request-burst 1000000 \
-        --max-rooms-per-connection 1000 --outbound-queue 8192 --log warn,gateway=info >"$log" 2>&1 &
+        "$T/gateway" --listen 127.0.0.1:0 --log-format json --data-dir "$OUT/gw$i" "${UNLIMITED[@]}" \
+        --log warn,gateway=info >"$log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 1 200); do
-        addr=$(grep -so '"addr":"[0-9.:]*"' "$log" | head -1 | cut -d'"' -f4 || true)
-        [ -n "$addr" ] && break
-        sleep 0.05
-    done
-    urls+=(--url "ws://$addr/ws")
+    urls+=(--url "ws://$(gateway_addr "$log")/ws")
 done
 
 cpu_ticks() { local t=0; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }

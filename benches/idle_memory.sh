@@ -13,6 +13,7 @@ ROOMS=${2:-100}
 PROCS=${3:-1}
 PER=$(( N / PROCS ))
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 cargo build -q --release -p gateway -p loadtest
 TARGET=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
@@ -23,15 +24,8 @@ trap cleanup EXIT
 for p in $(seq 1 "$PROCS"); do
     "$TARGET/gateway" --listen 127.0.0.1:0 --data-dir "$work/data$p" --log-format json \
         --request-burst 1000000 >"$work/gw$p.log" 2>&1 &
-    gws+=($!)
-    addr=""
-    for _ in $(seq 1 200); do
-        addr=$(grep -o '"addr":"[0-9.:]*"' "$work/gw$p.log" | head -1 | cut -d'"' -f4 || true)
-        [ -n "$addr" ] && break
-        sleep 0.05
-    done
-    [ -n "$addr" ] || { echo "gateway $p did not start"; cat "$work/gw$p.log"; exit 1; }
-    addrs+=("$addr")
+        gws+=($!)
+    addrs+=("$(gateway_addr "$work/gw$p.log")")
 done
 
 rss_total() { local t=0; for g in "${gws[@]}"; do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$g/status"))); done; echo $t; }

@@ -12,6 +12,7 @@ RATE=${RATE:-2000}
 SECS=${SECS:-15}
 BACKLOG=${BACKLOG:-100000}
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 cargo build -q --release -p gateway -p loadtest -p dispatcher
 T=${CARGO_TARGET_DIR:-target}/release
 OUT=${OUT:-$(mktemp -d)}
@@ -39,15 +40,8 @@ start_node() {  # name keyspace [flags...]; sets ADDR
         --scylla-nodes "$CQL" --scylla-keyspace "$ks" --api-key bench --stream-trim-interval 1s \
         --send-rate 1000000 --send-burst 1000000 --request-rate 1000000 --request-burst 1000000 \
         --redis-prefix "$name" --log warn,gateway=info "$@" >"$OUT/$name.log" 2>&1 &
-    pids+=($!)
-    local addr=""
-    for _ in $(seq 1 400); do
-        addr=$(grep -o '"addr":"[0-9.:]*"' "$OUT/$name.log" | head -1 | cut -d'"' -f4 || true)
-        [ -n "$addr" ] && break
-        sleep 0.05
-    done
-        [ -n "$addr" ] || { cat "$OUT/$name.log"; exit 1; }
-    ADDR=$addr
+        pids+=($!)
+    ADDR=$(gateway_addr "$OUT/$name.log" 400)
 }
 metric() { curl -s "http://$1/metrics" | awk -v n="$2" '$1==n {print $2}'; }
 # Entries of prefix $1's streams not yet stored: lag + pending of the group.

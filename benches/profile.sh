@@ -12,6 +12,7 @@
 # skips perf. Load goes to loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 cargo build -q --release -p gateway -p loadtest
 T=${CARGO_TARGET_DIR:-target}/release
 GATEWAY=${GATEWAY:-$T/gateway}
@@ -25,17 +26,10 @@ eval "export $(scripts/services.sh up redis)"
 
 log=$OUT/gateway.log
 ${GATEWAY_CPUS:+taskset -c "$GATEWAY_CPUS"} "$GATEWAY" --listen 127.0.0.1:0 --log-format json \
-    --data-dir "$OUT/data" --send-rate 1000000 --send-burst 1000000 --request-rate 1000000 \
-    --request-burst 1000000 --max-rooms-per-connection 1000 --outbound-queue 8192 --log warn,gateway=info >"$log" 2>&1 &
+    --data-dir "$OUT/data" "${UNLIMITED[@]}" --log warn,gateway=info >"$log" 2>&1 &
 gw=$!
 pids+=("$gw")
-addr=""
-for _ in $(seq 1 200); do
-    addr=$(grep -so '"addr":"[0-9.:]*"' "$log" | head -1 | cut -d'"' -f4 || true)
-    [ -n "$addr" ] && break
-    sleep 0.05
-done
-[ -n "$addr" ] || { echo "the gateway did not start"; cat "$log"; exit 1; }
+addr=$(gateway_addr "$log")
 
 ${LOADTEST_CPUS:+taskset -c "$LOADTEST_CPUS"} "$T/loadtest" --url "ws://$addr/ws" --quiet --source-ips 50 \
     --ready-file "$OUT/ready" --report "$OUT/report.json" "$@" >/dev/null &
