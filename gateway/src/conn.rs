@@ -1,13 +1,15 @@
 //! One client connection: a single task, small while idle.
 //!
-//! The task waits on cancel-safe readiness only (socket readable or
-//! writable, its queue's notification, one timer, node shutdown). When the
-//! socket has data it runs a *read burst* in a boxed future: a fastwebsockets
-//! `WebSocket` is built over [`ws::CountingIo`], frames are read and handled
+//! The task waits on readiness only (socket readable or writable, its
+//! queue's signal, one timer, node shutdown), each a single registration
+//! kept for the connection's life. When the socket has data it runs a *read
+//! burst* in a boxed future: a fastwebsockets `WebSocket` is built over
+//! [`ws::CountingIo`] (the socket's read half), frames are read and handled
 //! until the read buffer is provably empty, then the `WebSocket`, its buffer
 //! and the burst's state are freed. `read_frame` is not cancel-safe, so it is
-//! raced only against outcomes that end the connection (a stalled half-frame
-//! timing out, node shutdown).
+//! dropped only with the connection (a stalled half-frame timing out, node
+//! shutdown); while it waits for the rest of a frame, the queue is still
+//! written through the write half.
 //!
 //! Outbound frames are already encoded (`hub::Out`); the task writes them
 //! straight from its queue with vectored, non-blocking writes, so no write
