@@ -19,11 +19,7 @@ cd "$(dirname "$0")/.."
 cargo build -q --release -p gateway -p loadtest
 T=${CARGO_TARGET_DIR:-target}/release
 OUT=${OUT:-$(mktemp -d)}
-export SERVICES_DIR=$OUT/services
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; scripts/services.sh down >/dev/null 2>&1 || true; }
-trap cleanup EXIT
-eval "export $(scripts/services.sh up redis)"
+start_redis
 port=${GATEWAY_REDIS_URL##*:}
 
 urls=()

@@ -21,3 +21,13 @@ gateway_addr() {
     cat "$1" >&2
     return 1
 }
+
+# start_redis: a Redis from scripts/services.sh under $OUT/services
+# (exports GATEWAY_REDIS_URL); on exit it is stopped and the processes in
+# the array `pids` are killed.
+start_redis() {
+    export SERVICES_DIR=$OUT/services
+    pids=()
+    trap 'kill "${pids[@]}" 2>/dev/null || true; scripts/services.sh down >/dev/null 2>&1 || true' EXIT
+    eval "export $(scripts/services.sh up redis)"
+}

@@ -18,11 +18,7 @@ T=${CARGO_TARGET_DIR:-target}/release
 GATEWAY=${GATEWAY:-$T/gateway}
 PERF_SECS=${PERF_SECS:-5}
 OUT=${OUT:-$(mktemp -d)}
-export SERVICES_DIR=$OUT/services
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; scripts/services.sh down >/dev/null 2>&1 || true; }
-trap cleanup EXIT
-eval "export $(scripts/services.sh up redis)"
+start_redis
 
 log=$OUT/gateway.log
 ${GATEWAY_CPUS:+taskset -c "$GATEWAY_CPUS"} "$GATEWAY" --listen 127.0.0.1:0 --log-format json \
