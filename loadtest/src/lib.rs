@@ -179,21 +179,22 @@ impl Args {
     /// This process's share of `0..n` (connections, senders, readers):
     /// every `workers`-th index from its own.
     fn share(&self, n: usize) -> impl Iterator<Item = usize> + use<> {
-        let (first, step) = match self.worker_index {
+        let (first, step) = self.slot();
+        (first..n).step_by(step)
+    }
+
+    /// This process's place in the split: (its index, how many processes).
+    fn slot(&self) -> (usize, usize) {
+        match self.worker_index {
             Some(w) => (w, self.workers),
             None => (0, 1),
-        };
-        (first..n).step_by(step)
+        }
     }
 
     /// The processes the run is split over: this process's share of a total
     /// rate is `1 / parts`.
     fn parts(&self) -> f64 {
-        if self.worker_index.is_some() {
-            self.workers as f64
-        } else {
-            1.0
-        }
+        self.slot().1 as f64
     }
 }
 
@@ -737,7 +738,7 @@ pub async fn run_tally(args: Args) -> anyhow::Result<Tally> {
             let until = Instant::now() + args.duration;
             let started = Instant::now();
             let rate = args.churn_rate / args.parts();
-            let (first, step) = (args.worker_index.unwrap_or(0), args.parts() as usize);
+            let (first, step) = args.slot();
             let mut opened = 0u64;
             let mut churning = FuturesUnordered::new();
             while Instant::now() < until || !churning.is_empty() {
