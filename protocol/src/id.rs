@@ -21,6 +21,14 @@ pub fn seq(id: u64) -> u64 {
     id & SEQ_MAX
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The next id after `last` at wall-clock `now_ms`: the clock's id when it
 /// is ahead, else `last + 1`, so ids never go back when the clock does.
 pub fn next_after(last: u64, now_ms: u64) -> u64 {
