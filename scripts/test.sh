@@ -4,9 +4,12 @@
 # runs every test of the workspace, and stops the server. Redis servers and
 # gateway processes are started by the tests themselves (testkit).
 # A GATEWAY_SCYLLA_NODES already set is used as it is (e.g. a ScyllaDB).
+# First it installs what is missing (scripts/setup.sh: Redis, a JDK, Maven,
+# python3, ...; nothing when all is there).
 #   bash scripts/test.sh [cargo test arguments...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 if [ -z "${GATEWAY_SCYLLA_NODES:-}" ]; then
     export SERVICES_DIR=${SERVICES_DIR:-$(mktemp -d)}
     trap 'scripts/services.sh down >/dev/null 2>&1 || true' EXIT

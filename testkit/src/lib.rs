@@ -44,7 +44,7 @@ fn redis_binary(name: &str) -> String {
             return p;
         }
     }
-    panic!("{name} not found: install Debian's redis-server package (.ci/run does)");
+    panic!("{name} not found: run scripts/setup.sh (installs redis-server and redis-tools)");
 }
 
 /// One raw RESP command; the reply's first line.
