@@ -19,6 +19,7 @@ mod conn;
 mod http;
 pub mod hub;
 pub mod metrics;
+mod node;
 pub mod ws;
 
 use std::sync::Arc;
@@ -28,13 +29,13 @@ use dispatcher::Bus;
 use dispatcher::inprocess::InProcessBus;
 use dispatcher::persister::PersisterConfig;
 use dispatcher::redis_bus::{RedisBus, RedisBusConfig};
-use metrics_exporter_prometheus::PrometheusHandle;
 use storage::{CqlStore, EmbeddedStore, HistoryStore, StorageError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError, Settings};
+pub use node::Node;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -44,26 +45,6 @@ pub enum GatewayError {
     Bus(#[from] dispatcher::BusError),
     #[error("listener {0}")]
     Listener(std::io::Error),
-}
-
-/// What every connection and handler of one node shares.
-pub struct Node {
-    pub settings: Settings,
-    /// Configured, leased in Redis, or `gw-0`.
-    pub node_id: String,
-    pub auth: auth::Authenticator,
-    pub hub: Arc<hub::Hub>,
-    pub bus: Arc<dyn Bus>,
-    pub shutdown: CancellationToken,
-    /// Connections and upgrades, awaited when draining.
-    pub tracker: TaskTracker,
-    pub prometheus: PrometheusHandle,
-}
-
-impl Node {
-    pub fn is_ready(&self) -> bool {
-        !self.shutdown.is_cancelled() && self.bus.is_ready()
-    }
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then drains: `/readyz`

@@ -1,0 +1,33 @@
+//! [`Node`]: the state every connection and HTTP handler of one node
+//! shares. [`crate::run`] builds it once; [`crate::http`] and
+//! [`crate::conn`] hold it through an `Arc`.
+
+use std::sync::Arc;
+
+use dispatcher::Bus;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::{auth, hub};
+
+/// What every connection and handler of one node shares.
+pub struct Node {
+    pub settings: Settings,
+    /// Configured, leased in Redis, or `gw-0`.
+    pub node_id: String,
+    pub auth: auth::Authenticator,
+    pub hub: Arc<hub::Hub>,
+    pub bus: Arc<dyn Bus>,
+    pub shutdown: CancellationToken,
+    /// Connections and upgrades, awaited when draining.
+    pub tracker: TaskTracker,
+    pub prometheus: PrometheusHandle,
+}
+
+impl Node {
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && self.bus.is_ready()
+    }
+}
