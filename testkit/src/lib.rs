@@ -2,7 +2,8 @@
 //! them when dropped (as nats.rs's test server does): [`RedisServer`],
 //! [`RedisCluster`] (three masters, built with `redis-cli --cluster
 //! create`), and [`GatewayProcess`] (the real `gateway` binary). Every wait
-//! polls a condition with a bounded deadline; nothing sleeps a fixed time.
+//! polls a condition with a bounded deadline ([`Wait`], [`wait_until`],
+//! [`wait_until_async`]: the tests' waits too); nothing sleeps a fixed time.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,13 +14,120 @@ use std::time::{Duration, Instant};
 /// How long a service may take to answer after starting.
 const START_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Polls `ready` every 20 ms until it holds or `deadline` passes.
-pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < deadline, "{what}: not ready after {deadline:?}");
-        std::thread::sleep(Duration::from_millis(20));
+/// A bounded wait for a condition: what is awaited, how long at most, and
+/// how often it is checked (every 20 ms unless told otherwise). A check
+/// returns `Ok(value)` once the condition holds, and `Err(seen)` while it
+/// does not; when the deadline passes, the wait panics saying what was
+/// awaited, for how long, and what the last check saw.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # let mut len = || 0u64;
+/// let n = testkit::Wait::new("the stream trimmed below 400", Duration::from_secs(30))
+///     .every(Duration::from_millis(100))
+///     .until(|| {
+///         let n = len();
+///         if n < 400 { Ok(n) } else { Err(format!("length {n}")) }
+///     });
+/// ```
+#[derive(Clone, Debug)]
+pub struct Wait {
+    what: String,
+    deadline: Duration,
+    every: Duration,
+}
+
+impl Wait {
+    pub fn new(what: impl Into<String>, deadline: Duration) -> Wait {
+        Wait {
+            what: what.into(),
+            deadline,
+            every: Duration::from_millis(20),
+        }
     }
+
+    /// The pause between checks. Zero: none (each check waits by itself,
+    /// e.g. for a reply; the async form still yields to the runtime).
+    pub fn every(mut self, interval: Duration) -> Wait {
+        self.every = interval;
+        self
+    }
+
+    /// Checks `poll` (blocking the thread between checks) until it returns
+    /// `Ok`, and returns that value.
+    pub fn until<T, E: std::fmt::Display>(&self, mut poll: impl FnMut() -> Result<T, E>) -> T {
+        let clock = Clock::start(self);
+        loop {
+            match poll() {
+                Ok(v) => return v,
+                Err(seen) => {
+                    let pause = clock.pause_after(&seen);
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
+                }
+            }
+        }
+    }
+
+    /// As [`Wait::until`], with an async check and tokio's timer between
+    /// checks (the runtime's thread is free meanwhile).
+    pub async fn until_async<T, E: std::fmt::Display>(&self, mut poll: impl AsyncFnMut() -> Result<T, E>) -> T {
+        let clock = Clock::start(self);
+        loop {
+            match poll().await {
+                Ok(v) => return v,
+                Err(seen) => {
+                    let pause = clock.pause_after(&seen);
+                    if pause.is_zero() {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The deadline of one [`Wait`], shared by its sync and async forms.
+struct Clock<'a> {
+    wait: &'a Wait,
+    started: Instant,
+}
+
+impl Clock<'_> {
+    fn start(wait: &Wait) -> Clock<'_> {
+        Clock {
+            wait,
+            started: Instant::now(),
+        }
+    }
+
+    /// After a check that saw `seen`: the pause before the next check (never
+    /// past the deadline), or a panic once the deadline has passed.
+    fn pause_after(&self, seen: &dyn std::fmt::Display) -> Duration {
+        let Wait { what, deadline, every } = self.wait;
+        let waited = self.started.elapsed();
+        assert!(
+            waited < *deadline,
+            "waited {waited:.1?} (deadline {deadline:?}, checking every {every:?}) for {what}; the last check saw: {seen}"
+        );
+        (*every).min(*deadline - waited)
+    }
+}
+
+/// Checks `ready` every 20 ms until it holds; panics after `deadline`
+/// saying `what` was awaited.
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    Wait::new(what, deadline).until(|| if ready() { Ok(()) } else { Err("false") })
+}
+
+/// The async form of [`wait_until`].
+pub async fn wait_until_async(what: &str, deadline: Duration, mut ready: impl AsyncFnMut() -> bool) {
+    Wait::new(what, deadline)
+        .until_async(async || if ready().await { Ok(()) } else { Err("false") })
+        .await
 }
 
 /// A loopback port nobody listens on now (and, for Redis Cluster, whose
@@ -307,4 +415,55 @@ pub fn fresh_keyspace(tag: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("t_{tag}_{}", n % 1_000_000_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_returns_the_value_once_the_check_holds() {
+        let mut n = 0;
+        let got = Wait::new("three checks", Duration::from_secs(5))
+            .every(Duration::from_millis(1))
+            .until(|| {
+                n += 1;
+                if n == 3 { Ok(n * 10) } else { Err(n) }
+            });
+        assert_eq!(got, 30);
+    }
+
+    #[test]
+    fn a_wait_past_its_deadline_says_what_it_awaited_and_what_it_saw() {
+        let panic = std::panic::catch_unwind(|| {
+            wait_until("the impossible", Duration::from_millis(50), || false);
+        })
+        .unwrap_err();
+        let msg = panic.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("for the impossible"), "{msg}");
+        assert!(msg.contains("deadline 50ms"), "{msg}");
+        assert!(msg.contains("the last check saw: false"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn the_async_form_awaits_its_check_and_shares_the_deadline() {
+        let mut checks = 0;
+        wait_until_async("two checks", Duration::from_secs(5), async || {
+            tokio::task::yield_now().await;
+            checks += 1;
+            checks == 2
+        })
+        .await;
+        assert_eq!(checks, 2);
+        let late = tokio::spawn(async {
+            Wait::new("a reply", Duration::from_millis(50))
+                .until_async(async || Err::<(), _>("no reply yet"))
+                .await
+        })
+        .await
+        .unwrap_err();
+        let panic = late.into_panic();
+        let msg = panic.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("for a reply") && msg.contains("no reply yet"), "{msg}");
+    }
 }
