@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use proto::Protocol;
+use proto::{msg_id, number_after, room_number};
 use stats::{Counters, Latency};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -432,11 +433,6 @@ fn member_frame(shared: &Shared, b: &[u8], last: &mut Option<u64>) -> Option<&'s
     }
 }
 
-/// The id of a `msg` event (`"msg":"<id>"`).
-fn msg_id(frame: &[u8]) -> Option<u64> {
-    number_after(frame, br#""msg":""#)
-}
-
 /// Pending sends of one sender: request id -> (sent at, room number).
 type Acks = Arc<Mutex<HashMap<u64, (Instant, usize)>>>;
 
@@ -496,22 +492,6 @@ async fn read_loop(
             }
         }
     }
-}
-
-/// The decimal number right after the first `pattern` in a frame: fields of
-/// fixed, known frames, read without parsing the JSON.
-fn number_after(frame: &[u8], pattern: &[u8]) -> Option<u64> {
-    let at = proto::find(frame, pattern)? + pattern.len();
-    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
-}
-
-/// The room number in a frame (`<marker><prefix>-<n>"`).
-fn room_number(frame: &[u8], marker: &[u8]) -> Option<usize> {
-    let at = proto::find(frame, marker)? + marker.len();
-    let end = at + memchr::memchr(b'"', &frame[at..])?;
-    let room = std::str::from_utf8(&frame[at..end]).ok()?;
-    room.rsplit('-').next()?.parse().ok()
 }
 
 /// Sends to `rooms` at `rate` per second until `until`; also writes the
@@ -1026,20 +1006,6 @@ pub fn check(args: &Args, report: &Report) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn extracts_fields_without_parsing_json() {
-        let f = br#"{"op":"msg","room":"lt-3","msg":"9","from":"u","ts":1,"body":{"t":1700000000123456,"s":0,"p":""}}"#;
-        assert_eq!(
-            number_after(f, Protocol::Chat.time_marker()),
-            Some(1_700_000_000_123_456)
-        );
-        assert_eq!(msg_id(f), Some(9));
-        assert_eq!(room_number(f, Protocol::Chat.room_marker()), Some(3));
-        let push = br#"{"push":{"channel":"lt-17","pub":{"data":{"t":5,"s":0}}}}"#;
-        assert_eq!(number_after(push, Protocol::Centrifugo.time_marker()), Some(5));
-        assert_eq!(room_number(push, Protocol::Centrifugo.room_marker()), Some(17));
-    }
 
     #[test]
     fn refuses_non_loopback_targets() {

@@ -88,9 +88,9 @@ impl Protocol {
                 if f.starts_with(br#"{"op":"msg""#) {
                     Frame::Delivery
                 } else if f.starts_with(br#"{"op":"ok""#) {
-                    Frame::Ok(crate::number_after(f, br#""id":"#))
+                    Frame::Ok(number_after(f, br#""id":"#))
                 } else if f.starts_with(br#"{"op":"error""#) {
-                    Frame::Error(crate::number_after(f, br#""id":"#), code_of(f, br#""code":""#))
+                    Frame::Error(number_after(f, br#""id":"#), code_of(f, br#""code":""#))
                 } else {
                     Frame::Other
                 }
@@ -105,7 +105,7 @@ impl Protocol {
                         Frame::Other
                     }
                 } else if f.starts_with(br#"{"id":"#) {
-                    let id = crate::number_after(f, br#""id":"#);
+                    let id = number_after(f, br#""id":"#);
                     if find(f, br#""error":"#).is_some() {
                         Frame::Error(id, code_of(f, br#""message":""#))
                     } else {
@@ -133,6 +133,28 @@ fn code_of(f: &[u8], marker: &[u8]) -> String {
             std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
         })
         .unwrap_or_else(|| "unparsed".into())
+}
+
+/// The decimal number right after the first `pattern` in a frame: fields of
+/// fixed, known frames, read without parsing the JSON.
+pub(crate) fn number_after(frame: &[u8], pattern: &[u8]) -> Option<u64> {
+    let at = find(frame, pattern)? + pattern.len();
+    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
+}
+
+/// The room number in a frame (`<marker><prefix>-<n>"`).
+pub(crate) fn room_number(frame: &[u8], marker: &[u8]) -> Option<usize> {
+    let at = find(frame, marker)? + marker.len();
+    let end = at + memchr::memchr(b'"', &frame[at..])?;
+    let room = std::str::from_utf8(&frame[at..end]).ok()?;
+    room.rsplit('-').next()?.parse().ok()
+}
+
+/// The id of a `msg` event (`"msg":"<id>"`); only our protocol numbers
+/// messages.
+pub(crate) fn msg_id(frame: &[u8]) -> Option<u64> {
+    number_after(frame, br#""msg":""#)
 }
 
 /// Where `needle` first occurs in a small frame. `memmem::find` builds a
@@ -170,6 +192,20 @@ mod tests {
         assert_eq!(p.classify(br#"{"op":"msg","room":"r"}"#), Frame::Delivery);
         assert_eq!(p.send(1, "r", "{}"), r#"{"op":"send","id":1,"room":"r","body":{}}"#);
         assert_eq!(c.send(1, "r", "{}"), r#"{"id":1,"publish":{"channel":"r","data":{}}}"#);
+    }
+
+    #[test]
+    fn extracts_fields_without_parsing_json() {
+        let f = br#"{"op":"msg","room":"lt-3","msg":"9","from":"u","ts":1,"body":{"t":1700000000123456,"s":0,"p":""}}"#;
+        assert_eq!(
+            number_after(f, Protocol::Chat.time_marker()),
+            Some(1_700_000_000_123_456)
+        );
+        assert_eq!(msg_id(f), Some(9));
+        assert_eq!(room_number(f, Protocol::Chat.room_marker()), Some(3));
+        let push = br#"{"push":{"channel":"lt-17","pub":{"data":{"t":5,"s":0}}}}"#;
+        assert_eq!(number_after(push, Protocol::Centrifugo.time_marker()), Some(5));
+        assert_eq!(room_number(push, Protocol::Centrifugo.room_marker()), Some(17));
     }
 
     #[test]
