@@ -26,7 +26,7 @@ use bytes::Bytes;
 use dispatcher::{EventKind, NewMessage, Page};
 use fastwebsockets::{CloseCode, Frame, OpCode, Role, WebSocket, WebSocketError};
 use parking_lot::Mutex;
-use protocol::encode::{MsgView, Obj, error_reply, history_reply, msg_event};
+use protocol::encode::{Obj, error_reply, history_reply, msg_event};
 use protocol::request::HistoryPage;
 use protocol::{ErrorCode, Request, close};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -37,6 +37,7 @@ use crate::Node;
 use crate::auth::{AuthError, Identity};
 use crate::hub::{ConnHandle, Out};
 use crate::metrics;
+use crate::view::view;
 use crate::ws::{self, CountingIo, FrameTracker};
 
 /// Frames written in one vectored write.
@@ -857,7 +858,7 @@ impl Session {
         }
         // Ids are time-based: one from the future was never sent, and as a
         // floor it would hide every live message.
-        if since.is_some_and(|s| protocol::id::millis(s) > now_ms() + 60_000) {
+        if since.is_some_and(|s| protocol::id::millis(s) > protocol::id::now_ms() + 60_000) {
             return self.error(id, ErrorCode::BadRequest, "\"since\" is not an id this server sent");
         }
         if self.joined(&room).is_some() {
@@ -1027,23 +1028,6 @@ impl Session {
             let room = j.room.clone();
             self.leave(&room).await;
         }
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn view(m: &dispatcher::StoredMessage) -> MsgView<'_> {
-    MsgView {
-        room: &m.room,
-        id: m.id,
-        from: &m.from,
-        ts: m.ts,
-        body: &m.body,
     }
 }
 

@@ -14,12 +14,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use protocol::ErrorCode;
-use protocol::encode::{MsgView, Obj, history_reply};
+use protocol::encode::{Obj, history_reply};
 use protocol::room::is_valid_room;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 
+use crate::view::view;
 use crate::{Node, auth, conn, metrics};
 
 type Body = Full<Bytes>;
@@ -262,20 +263,7 @@ async fn api_history(node: Arc<Node>, room: String, query: &str) -> Response<Bod
         (None, None) => Page::Newest,
     };
     match node.bus.history(&room, page, limit).await {
-        Ok(messages) => json(
-            StatusCode::OK,
-            history_reply(
-                None,
-                &room,
-                messages.iter().map(|m| MsgView {
-                    room: &m.room,
-                    id: m.id,
-                    from: &m.from,
-                    ts: m.ts,
-                    body: &m.body,
-                }),
-            ),
-        ),
+        Ok(messages) => json(StatusCode::OK, history_reply(None, &room, messages.iter().map(view))),
         Err(e) => api_error(ErrorCode::Unavailable, &e.to_string()),
     }
 }

@@ -21,9 +21,10 @@ use bytes::Bytes;
 use dispatcher::{Delivery, Sink};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use protocol::encode::{MsgView, msg_event, room_user_event};
+use protocol::encode::{msg_event, room_user_event};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::view::view;
 use crate::ws;
 
 /// One encoded delivery shared by every member connection of the node.
@@ -442,13 +443,7 @@ impl Sink for Router {
                     room: Arc::from(msg.room.as_str()),
                     msg_id: msg.id,
                     skip_conn: 0,
-                    frame: ws::text_frame(&msg_event(MsgView {
-                        room: &msg.room,
-                        id: msg.id,
-                        from: &msg.from,
-                        ts: msg.ts,
-                        body: &msg.body,
-                    })),
+                    frame: ws::text_frame(&msg_event(view(msg))),
                 },
                 Delivery::Event {
                     room,

@@ -20,6 +20,7 @@ mod http;
 pub mod hub;
 pub mod metrics;
 mod node;
+mod view;
 pub mod ws;
 
 use std::sync::Arc;
