@@ -9,6 +9,8 @@
 //!   timestamp carried in each body, loss as delivered vs expected).
 //! - [`stats`]: lock-free counters and per-thread HDR histograms.
 
+mod link;
+mod progress;
 pub mod proto;
 pub mod stats;
 pub mod workers;
@@ -592,7 +594,7 @@ pub async fn run_tally(args: Args) -> anyhow::Result<Tally> {
         errors: Mutex::default(),
         closes: Mutex::default(),
     });
-    let progress = stats::Progress::start(shared.clone(), args.quiet);
+    let progress = progress::Progress::start(shared.clone(), args.quiet);
     let (storm, storm_rx) = tokio::sync::watch::channel(0u32);
 
     // Members, ramped: each a task that owns its connection.
@@ -655,7 +657,7 @@ pub async fn run_tally(args: Args) -> anyhow::Result<Tally> {
     }
     if args.worker_index.is_some() {
         // Every worker's members are in their rooms before anyone sends.
-        workers::ready_then_wait(shared.counters.connected.load(Ordering::Relaxed)).await?;
+        link::ready_then_wait(shared.counters.connected.load(Ordering::Relaxed)).await?;
     } else if let Some(path) = &args.ready_file {
         std::fs::write(path, format!("{}\n", shared.counters.connected.load(Ordering::Relaxed)))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -763,6 +765,19 @@ pub async fn run_tally(args: Args) -> anyhow::Result<Tally> {
 }
 
 impl Shared {
+    /// Progress so far, for the live line or the parent.
+    fn snapshot(&self) -> stats::Snapshot {
+        let c = &self.counters;
+        stats::Snapshot {
+            connected: c.connected.load(Ordering::Relaxed),
+            failed: c.failed_connects.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            acked: c.acked.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            p99_ms: self.delivery.merged().value_at_quantile(0.99) as f64 / 1000.0,
+        }
+    }
+
     /// Deliveries this process's members should get for what was
     /// acknowledged here (only meaningful when the run is not split).
     fn expected(&self) -> u64 {

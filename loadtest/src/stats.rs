@@ -1,6 +1,11 @@
 //! Measurement without contention: atomic counters, and HDR histograms kept
 //! per thread (each thread records into its own, under an uncontended lock)
-//! and merged when read.
+//! and merged when read; and the progress [`Snapshot`] with the [`Ticker`]
+//! that shows it.
+//!
+//! A leaf: it depends on no other module of the crate, so the run
+//! ([`crate::run_tally`]), the parent of `--workers` ([`crate::workers`])
+//! and the worker link can all use it.
 
 use std::cell::RefCell;
 use std::io::IsTerminal;
@@ -132,18 +137,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn of(shared: &crate::Shared) -> Snapshot {
-        let c = &shared.counters;
-        Snapshot {
-            connected: c.connected.load(Ordering::Relaxed),
-            failed: c.failed_connects.load(Ordering::Relaxed),
-            sent: c.sent.load(Ordering::Relaxed),
-            acked: c.acked.load(Ordering::Relaxed),
-            delivered: c.delivered.load(Ordering::Relaxed),
-            p99_ms: shared.delivery.merged().value_at_quantile(0.99) as f64 / 1000.0,
-        }
-    }
-
     /// Several workers' progress as one.
     pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Snapshot>) -> Snapshot {
         parts.into_iter().fold(Snapshot::default(), |a, b| Snapshot {
@@ -212,37 +205,5 @@ impl Drop for Ticker {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-    }
-}
-
-/// Live progress of a run: shown on stderr, or in a worker process written
-/// to stdout for the parent (one JSON line a second).
-pub struct Progress {
-    stop: Arc<AtomicU64>,
-}
-
-impl Progress {
-    pub(crate) fn start(shared: Arc<crate::Shared>, quiet: bool) -> Progress {
-        let stop = Arc::new(AtomicU64::new(0));
-        let worker = shared.args.worker_index.is_some();
-        if worker || !quiet {
-            let flag = stop.clone();
-            tokio::spawn(async move {
-                let mut ticker = (!worker).then(Ticker::new);
-                while flag.load(Ordering::Relaxed) == 0 {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let now = Snapshot::of(&shared);
-                    match &mut ticker {
-                        Some(t) => t.show(now),
-                        None => crate::workers::emit(&crate::workers::Line::Progress(now)),
-                    }
-                }
-            });
-        }
-        Progress { stop }
-    }
-
-    pub fn stop(&self) {
-        self.stop.store(1, Ordering::Relaxed);
     }
 }

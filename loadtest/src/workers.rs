@@ -7,7 +7,8 @@
 //! plus `--worker-index i`; each takes every `N`-th connection, sender and
 //! reader, and `1/N` of the ramp, send and churn rates.
 //!
-//! The parent and its workers speak JSON lines ([`Line`]): a worker writes
+//! The parent and its workers speak JSON lines ([`Line`], defined with the
+//! worker's side of the exchange in `link.rs`): a worker writes
 //! `ready` when its members are in their rooms and its senders connected,
 //! then waits for `go` on its stdin, so that nobody sends before every
 //! member of every worker has joined; then one `progress` line a second,
@@ -22,52 +23,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 
+pub use crate::link::{Line, emit};
 use crate::stats::{Snapshot, Ticker};
 use crate::{Args, Report, Tally};
-
-/// One line a worker writes on its stdout.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Line {
-    /// Members connected and in their rooms, senders connected.
-    Ready {
-        connected: u64,
-    },
-    Progress(Snapshot),
-    Done(Box<Tally>),
-}
-
-/// Writes one line to the parent.
-pub fn emit(line: &Line) {
-    let text = serde_json::to_string(line).expect("a serializable line");
-    let mut out = std::io::stdout().lock();
-    // The parent gone means the run is over; nothing to do about it here.
-    let _ = writeln!(out, "{text}");
-    let _ = out.flush();
-}
-
-/// Worker side: says it is ready, then waits for the parent's `go`.
-pub(crate) async fn ready_then_wait(connected: u64) -> anyhow::Result<()> {
-    emit(&Line::Ready { connected });
-    tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        if line.trim() != "go" {
-            bail!("worker: expected `go` from the parent, got {line:?}");
-        }
-        // The parent keeps our stdin open until we exit: its end means the
-        // parent was killed, and a worker must not outlive it.
-        std::thread::spawn(|| {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            eprintln!("loadtest worker: the parent is gone; exiting");
-            std::process::exit(1);
-        });
-        Ok(())
-    })
-    .await?
-}
 
 /// Worker side: runs this worker's share and writes its tally.
 pub async fn serve(args: Args) -> anyhow::Result<()> {
