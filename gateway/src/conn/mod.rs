@@ -1,0 +1,98 @@
+//! One client connection: a single task, small while idle, in two layers
+//! that do not import each other.
+//!
+//! - [`socket`]: the transport. The task's wait (socket readiness, queue
+//!   signal, one timer, shutdown), read bursts of WebSocket frames, writes
+//!   of the outbound queue, the close handshake. It knows frames, not
+//!   requests, and drives the session only through its socket-facing
+//!   methods.
+//! - [`session`]: request handling. [`session::Session`] holds the
+//!   connection's state, turns frames into requests, and answers with
+//!   frames queued on its `hub::ConnHandle`; it never sees the socket.
+//! - [`ops`]: the handlers, one file per op family (`auth`, `rooms`,
+//!   `send`, `history`, `presence`), and the dispatch table. Adding an op
+//!   touches the `protocol` parser, its arm there, and its family's file.
+//! - [`end`]: [`end::End`], how a connection ends: decided by handlers,
+//!   carried out by the socket layer.
+//!
+//! [`serve`] ties them together for one upgraded connection.
+
+mod end;
+mod ops;
+mod session;
+mod socket;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use self::session::Session;
+use crate::Node;
+use crate::auth::{AuthError, Identity};
+use crate::metrics;
+
+/// Serves one upgraded connection until it ends. `prefix` holds bytes
+/// hyper read past the upgrade request; `header_auth` is the result of an
+/// `Authorization` header, if there was one.
+pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: Option<Result<Identity, AuthError>>) {
+    let m = metrics::get();
+    m.connections_active.increment(1.0);
+    m.connections_opened.increment(1);
+    let mut s = Session::new(node, header_auth);
+    let mut tcp = tcp;
+    let mut prefix = prefix;
+    let end = socket::run(&mut tcp, &mut prefix, &mut s).await;
+    socket::close(&mut tcp, &s, end).await;
+    s.leave_all().await;
+    s.handle().close();
+    m.connections_active.decrement(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connection_future_stays_small() {
+        // The whole connection task future is allocated for the
+        // connection's life; the read burst is boxed so it is not part of it.
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let (tx, _) = tokio::sync::oneshot::channel::<()>();
+        drop(tx);
+        let settings = crate::Config::load(["gateway"]).unwrap().validate().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = std::env::temp_dir().join(format!("conn-size-{}", std::process::id()));
+            let store: std::sync::Arc<dyn storage::HistoryStore> =
+                std::sync::Arc::new(storage::EmbeddedStore::open(&dir).unwrap());
+            let hub = crate::hub::Hub::new(1, 16);
+            let bus = std::sync::Arc::new(dispatcher::inprocess::InProcessBus::new(
+                store,
+                std::sync::Arc::new(crate::hub::Router { hub: hub.clone() }),
+            ));
+            let node = std::sync::Arc::new(crate::Node {
+                node_id: "gw-0".into(),
+                auth: crate::auth::Authenticator::new(&settings),
+                settings,
+                hub,
+                bus,
+                shutdown: Default::default(),
+                tracker: Default::default(),
+                prometheus: crate::metrics::install(),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let fut = super::serve(node, tcp, bytes::Bytes::new(), None);
+            let n = size(&fut);
+            eprintln!("connection future: {n} bytes");
+            assert!(n < 2048, "connection future is {n} bytes");
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+    }
+}

@@ -1,0 +1,65 @@
+//! The connection's ops: one file per op family, each an `impl Session`
+//! block with that family's handlers (and any state of its own), and here
+//! the table that routes a parsed request to its handler.
+//!
+//! - `auth` in [`auth`] (with any later token op, e.g. a refresh).
+//! - `join` (with the `since` replay) and `leave` in [`rooms`], with
+//!   leaving every room when the connection ends.
+//! - `send` (checked, then published in pipelined batches) and `typing` in
+//!   [`send`].
+//! - `history` in [`history`], `presence` in [`presence`].
+//!
+//! A new op: its request in the `protocol` crate's parser, its arm in
+//! [`Session::dispatch`] (and in the rate class there if it is costly), its
+//! handler in the family's file (or a new file here), and its tests.
+
+mod auth;
+mod history;
+mod presence;
+mod rooms;
+mod send;
+
+use protocol::encode::Obj;
+use protocol::{ErrorCode, Request};
+
+pub(super) use send::PendingSend;
+
+use super::session::Session;
+
+impl Session {
+    /// Routes one parsed request to its handler: the authentication gate,
+    /// the request rate, then the op.
+    pub(super) async fn dispatch(&mut self, id: Option<i64>, req: Request) {
+        // Replies go out in request order: earlier sends are answered first.
+        if !matches!(req, Request::Send { .. }) {
+            self.flush_sends().await;
+        }
+        let Some(identity) = self.identity.clone() else {
+            match req {
+                Request::Auth { token } => self.on_auth(id, token.as_deref()),
+                _ => self.error(id, ErrorCode::Unauthorized, "authenticate first with {\"op\":\"auth\"}"),
+            }
+            return;
+        };
+        // `send` and `typing` are charged to the send bucket by their
+        // handlers, once the room is checked.
+        let costly = matches!(
+            req,
+            Request::Join { .. } | Request::Leave { .. } | Request::History { .. } | Request::Presence { .. }
+        );
+        if costly && !self.rate_ok(false) {
+            return self.error(id, ErrorCode::RateLimited, "too many requests; slow down");
+        }
+        match req {
+            Request::Auth { .. } => self.error(id, ErrorCode::BadRequest, "already authenticated"),
+            Request::Join { room, since } => self.on_join(id, &identity, room, since).await,
+            Request::Leave { room } => self.on_leave(id, room).await,
+            Request::Send { room, body, ephemeral } => self.on_send(id, &identity, room, body, ephemeral).await,
+            Request::History { room, page, limit } => self.on_history(id, &identity, room, page, limit).await,
+            Request::Presence { room } => self.on_presence(id, &identity, room).await,
+            Request::Typing { room } => self.on_typing(id, &identity, room).await,
+            // Stateless: answered here.
+            Request::Ping => self.reply(Obj::new("pong").id(id).finish()),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Room membership: `join` (with the `since` replay), `leave`, and
+//! `leave_all` when the connection ends. A user's first connection in a
+//! room and its last one record presence and publish `joined`/`left`.
+
+use std::sync::Arc;
+
+use dispatcher::EventKind;
+use protocol::ErrorCode;
+use protocol::encode::{Obj, msg_event};
+
+use crate::auth::Identity;
+use crate::conn::session::{Joined, Session};
+use crate::view::view;
+use crate::ws;
+
+impl Session {
+    pub(super) async fn on_join(&mut self, id: Option<i64>, identity: &Identity, room: String, since: Option<u64>) {
+        if !identity.may_join(&room) {
+            return self.error(id, ErrorCode::Forbidden, &format!("not allowed to join room {room}"));
+        }
+        // Ids are time-based: one from the future was never sent, and as a
+        // floor it would hide every live message.
+        if since.is_some_and(|s| protocol::id::millis(s) > protocol::id::now_ms() + 60_000) {
+            return self.error(id, ErrorCode::BadRequest, "\"since\" is not an id this server sent");
+        }
+        if self.joined(&room).is_some() {
+            return self.reply(
+                Obj::new("ok")
+                    .id(id)
+                    .str("room", &room)
+                    .bool("recovered", true)
+                    .finish(),
+            );
+        }
+        let max = self.settings().max_rooms_per_connection;
+        if self.rooms.len() >= max {
+            return self.error(
+                id,
+                ErrorCode::Forbidden,
+                &format!("already in {max} rooms, the most one connection may join"),
+            );
+        }
+        let room: Arc<str> = room.into();
+        // Membership and bus interest first, then the replay read: whatever
+        // the read misses is delivered live (see hub::Hub::join, Bus::watch).
+        let edges = self.node.hub.join(&room, &identity.user, &self.handle).await;
+        if let Err(e) = self.node.bus.watch(&room).await {
+            self.node.hub.leave(&room, &identity.user, self.handle.id);
+            return self.error(id, ErrorCode::Unavailable, &e.to_string());
+        }
+        self.rooms.push(Joined {
+            room: room.clone(),
+            floor: 0,
+        });
+        let (floor, recovered, mut frames) = match since {
+            None => (0, true, Vec::new()),
+            Some(since) => match self.node.bus.replay(&room, since, self.settings().recovery_limit).await {
+                Ok(replay) if replay.complete => {
+                    let floor = replay.messages.last().map_or(since, |m| m.id.max(since));
+                    let frames = replay
+                        .messages
+                        .iter()
+                        .map(|m| ws::text_frame(&msg_event(view(m))))
+                        .collect();
+                    (floor, true, frames)
+                }
+                Ok(_) => (since, false, Vec::new()),
+                Err(e) => {
+                    self.leave(&room).await;
+                    return self.error(id, ErrorCode::Unavailable, &e.to_string());
+                }
+            },
+        };
+        if let Some(j) = self.rooms.iter_mut().find(|j| j.room == room) {
+            j.floor = floor;
+        }
+        frames.push(ws::text_frame(
+            &Obj::new("ok")
+                .id(id)
+                .str("room", &room)
+                .bool("recovered", recovered)
+                .finish(),
+        ));
+        self.handle.splice_replay(&room, floor, frames);
+        if edges.user_edge {
+            if let Err(e) = self.node.bus.presence_changed(&room, &identity.user, true).await {
+                tracing::warn!(error = %e, "presence not recorded");
+            }
+            let _ = self
+                .node
+                .bus
+                .publish_event(room, EventKind::Joined, identity.user.clone(), None)
+                .await;
+        }
+    }
+
+    pub(super) async fn on_leave(&mut self, id: Option<i64>, room: String) {
+        if self.joined(&room).is_none() {
+            self.error(id, ErrorCode::NotFound, &format!("not in room {room}"));
+        } else {
+            self.leave(&room).await;
+            self.reply(Obj::new("ok").id(id).str("room", &room).finish());
+        }
+    }
+
+    /// Leaves one room: membership, interest, and a `left` event when this
+    /// was the user's last connection in it.
+    async fn leave(&mut self, room: &str) {
+        let Some(pos) = self.rooms.iter().position(|j| &*j.room == room) else {
+            return;
+        };
+        let joined = self.rooms.swap_remove(pos);
+        let Some(identity) = &self.identity else { return };
+        let edges = self.node.hub.leave(&joined.room, &identity.user, self.handle.id);
+        self.node.bus.unwatch(&joined.room);
+        if edges.user_edge {
+            if let Err(e) = self
+                .node
+                .bus
+                .presence_changed(&joined.room, &identity.user, false)
+                .await
+            {
+                tracing::warn!(error = %e, "presence end not recorded");
+            }
+            let _ = self
+                .node
+                .bus
+                .publish_event(joined.room, EventKind::Left, identity.user.clone(), None)
+                .await;
+        }
+    }
+
+    /// Leaves every room; the connection has ended.
+    pub(in crate::conn) async fn leave_all(&mut self) {
+        while let Some(j) = self.rooms.last() {
+            let room = j.room.clone();
+            self.leave(&room).await;
+        }
+    }
+}

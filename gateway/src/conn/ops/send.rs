@@ -1,0 +1,122 @@
+//! `send` and `typing`. A checked `send` waits in the session's pipeline
+//! while more requests of the same read burst are already here; the socket
+//! layer asks [`Session::sends_due`] after each frame and publishes them in
+//! one batch (`flush_sends`), answered in request order.
+
+use dispatcher::{EventKind, NewMessage};
+use protocol::ErrorCode;
+use protocol::encode::Obj;
+use tokio::time::Instant;
+
+use crate::auth::Identity;
+use crate::conn::session::Session;
+use crate::metrics;
+
+/// Sends published in one batch at most.
+const MAX_SEND_BATCH: usize = 64;
+
+/// A `send` checked and waiting to be published with the others of its
+/// read burst.
+pub(in crate::conn) struct PendingSend {
+    id: Option<i64>,
+    msg: NewMessage,
+}
+
+impl Session {
+    /// Checks a send and queues it for the burst's batch.
+    pub(super) async fn on_send(
+        &mut self,
+        id: Option<i64>,
+        identity: &Identity,
+        room: String,
+        body: String,
+        ephemeral: bool,
+    ) {
+        let joined = self.joined(&room).map(|j| j.room.clone());
+        let refusal = match joined {
+            None => Some((ErrorCode::Forbidden, format!("join {room} before sending to it"))),
+            Some(_) if body.len() > self.settings().max_body_bytes => Some((
+                ErrorCode::TooLarge,
+                format!(
+                    "body is {} bytes; the limit is {}",
+                    body.len(),
+                    self.settings().max_body_bytes
+                ),
+            )),
+            Some(_) if !self.rate_ok(true) => Some((ErrorCode::RateLimited, "too many messages; slow down".into())),
+            Some(room) => {
+                let msg = NewMessage {
+                    room,
+                    from: identity.user.clone(),
+                    body,
+                    ephemeral,
+                };
+                self.pending_sends.push(PendingSend { id, msg });
+                None
+            }
+        };
+        if let Some((code, message)) = refusal {
+            self.flush_sends().await;
+            self.error(id, code, &message);
+        }
+    }
+
+    pub(super) async fn on_typing(&mut self, id: Option<i64>, identity: &Identity, room: String) {
+        let Some(joined) = self.joined(&room) else {
+            return self.error(id, ErrorCode::Forbidden, &format!("join {room} before typing in it"));
+        };
+        let room = joined.room.clone();
+        if !self.rate_ok(true) {
+            return self.error(id, ErrorCode::RateLimited, "too many messages; slow down");
+        }
+        let origin = Some(self.handle.id);
+        if let Err(e) = self
+            .node
+            .bus
+            .publish_event(room, EventKind::Typing, identity.user.clone(), origin)
+            .await
+        {
+            self.error(id, ErrorCode::Unavailable, &e.to_string());
+        }
+    }
+
+    /// Whether the sends waiting should be published now, after a frame:
+    /// yes once no more requests are already read (`more_read`) or the
+    /// batch is full.
+    pub(in crate::conn) fn sends_due(&self, more_read: impl FnOnce() -> bool) -> bool {
+        !self.pending_sends.is_empty() && (!more_read() || self.pending_sends.len() >= MAX_SEND_BATCH)
+    }
+
+    /// Publishes the queued sends in one batch and answers each, in order.
+    pub(in crate::conn) async fn flush_sends(&mut self) {
+        if self.pending_sends.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending_sends);
+        let started = Instant::now();
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut msgs = Vec::with_capacity(batch.len());
+        for p in batch {
+            answers.push((p.id, p.msg.room.clone()));
+            msgs.push(p.msg);
+        }
+        let results = self.node.bus.publish_batch(msgs).await;
+        let took = started.elapsed().as_secs_f64();
+        for ((id, room), result) in answers.into_iter().zip(results) {
+            match result {
+                Ok(p) => {
+                    metrics::get().send_seconds.record(took);
+                    self.reply(
+                        Obj::new("ok")
+                            .id(id)
+                            .str("room", &room)
+                            .msg_id("msg", p.id)
+                            .num("ts", p.ts)
+                            .finish(),
+                    );
+                }
+                Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+            }
+        }
+    }
+}
