@@ -4,13 +4,13 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dispatcher::redis_bus::{RedisBus, RedisBusConfig};
 use dispatcher::redis_conn::Target;
 use dispatcher::{Bus, Delivery, NewMessage, Sink};
 use storage::{CqlConfig, CqlStore, HistoryStore, Page, Replication};
-use testkit::{RedisServer, cql_nodes, fresh_keyspace, redis_command};
+use testkit::{RedisServer, Wait, cql_nodes, fresh_keyspace, redis_command};
 
 struct Ignore;
 impl Sink for Ignore {
@@ -129,35 +129,36 @@ async fn a_killed_persister_is_taken_over_without_loss_or_duplicates() {
         .sum();
     assert!(left_pending > 0, "the first persister had nothing pending when killed");
     let _second = dispatcher(&redis, &ks, "second");
-    let started = Instant::now();
-    let mut missing;
-    loop {
-        missing = 0;
-        for room in rooms {
-            let stored: Vec<u64> = store
-                .page(room, Page::After(0), 10_000)
-                .await
-                .unwrap()
-                .iter()
-                .map(|m| m.id)
-                .collect();
-            let want: Vec<u64> = acked.iter().filter(|(r, _)| r == room).map(|(_, id)| *id).collect();
-            assert!(
-                stored.windows(2).all(|w| w[0] < w[1]),
-                "{room}: no duplicates, ascending"
-            );
-            assert!(
-                stored.iter().all(|id| want.contains(id)),
-                "{room}: nothing that was not sent"
-            );
-            missing += want.len() - stored.len();
-        }
-        if missing == 0 || started.elapsed() > Duration::from_secs(60) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(missing, 0, "messages not stored after the takeover");
+    Wait::new("every message stored after the takeover", Duration::from_secs(60))
+        .every(Duration::from_millis(200))
+        .until_async(async || {
+            let mut missing = 0;
+            for room in rooms {
+                let stored: Vec<u64> = store
+                    .page(room, Page::After(0), 10_000)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.id)
+                    .collect();
+                let want: Vec<u64> = acked.iter().filter(|(r, _)| r == room).map(|(_, id)| *id).collect();
+                assert!(
+                    stored.windows(2).all(|w| w[0] < w[1]),
+                    "{room}: no duplicates, ascending"
+                );
+                assert!(
+                    stored.iter().all(|id| want.contains(id)),
+                    "{room}: nothing that was not sent"
+                );
+                missing += want.len() - stored.len();
+            }
+            if missing == 0 {
+                Ok(())
+            } else {
+                Err(format!("{missing} messages not stored"))
+            }
+        })
+        .await;
     eprintln!(
         "persister kill -9: {} published, {left_pending} left pending by the killed one, all stored exactly once after takeover",
         acked.len()

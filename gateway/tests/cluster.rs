@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use testkit::{GatewayProcess, RedisCluster, RedisServer};
+use testkit::{GatewayProcess, RedisCluster, RedisServer, Wait, wait_until_async};
 
 struct Cluster {
     nodes: Vec<GatewayProcess>,
@@ -159,13 +159,13 @@ async fn redis_restarted_under_traffic_loses_no_acknowledged_message() {
             }
         })
     };
-    wait_until_async("100 acks", || acked.lock().unwrap().len() >= 100).await;
+    wait_until_async("100 acks", STEP, async || acked.lock().unwrap().len() >= 100).await;
     redis.kill();
     // While Redis is down: the node is not ready; clients stay connected.
-    wait_until_async("readyz 503", || ready_status(node) == 503).await;
-    wait_until_async("a refused send", || *refused.lock().unwrap() > 0).await;
+    wait_until_async("readyz 503", STEP, async || ready_status(node) == 503).await;
+    wait_until_async("a refused send", STEP, async || *refused.lock().unwrap() > 0).await;
     redis.start_again();
-    wait_until_async("readyz 200", || ready_status(node) == 200).await;
+    wait_until_async("readyz 200", STEP, async || ready_status(node) == 200).await;
     sending.await.unwrap();
     let acked = acked.lock().unwrap().clone();
     eprintln!(
@@ -204,13 +204,8 @@ fn ready_status(node: &GatewayProcess) -> u16 {
     text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
-async fn wait_until_async(what: &str, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < Duration::from_secs(30), "{what}: not in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// The longest each step of the Redis restart test may take.
+const STEP: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_node_reads_only_its_own_rooms_shards() {
@@ -273,18 +268,17 @@ async fn presence_spans_nodes_and_a_dead_nodes_users_leave_it() {
     assert_eq!(alice.recv_matching(|v| v["op"] == "typing").await["user"], "bob");
 
     cluster.nodes[1].kill9();
-    let started = Instant::now();
-    loop {
-        let users = alice.request(json!({"op":"presence","room":"p"})).await["users"].clone();
-        if users == json!(["alice"]) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "bob still present: {users}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Wait::new("bob, his node killed, to leave presence", Duration::from_secs(10))
+        .every(Duration::from_millis(200))
+        .until_async(async || {
+            let users = alice.request(json!({"op":"presence","room":"p"})).await["users"].clone();
+            if users == json!(["alice"]) {
+                Ok(())
+            } else {
+                Err(format!("users {users}"))
+            }
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,10 +6,11 @@ mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use testkit::GatewayProcess;
+use testkit::{GatewayProcess, Wait};
 
 /// The real `gateway` binary on `dir`.
 fn proc_start(dir: &Path, args: &[&str]) -> GatewayProcess {
@@ -78,16 +79,17 @@ async fn kill_9_loses_no_acknowledged_message() {
         }));
     }
     // Kill once a good number of messages are acknowledged, with more in flight.
-    let started = std::time::Instant::now();
-    while acked.lock().unwrap().len() < 400 {
-        assert!(
-            started.elapsed() < WAIT,
-            "too slow: {} acks",
-            acked.lock().unwrap().len()
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    Wait::new("400 acknowledged sends", WAIT)
+        .every(Duration::from_millis(5))
+        .until_async(async || {
+            let n = acked.lock().unwrap().len();
+            if n >= 400 {
+                Ok(())
+            } else {
+                Err(format!("too slow: {n} acks"))
+            }
+        })
+        .await;
     proc.kill9();
     for s in senders {
         s.await.unwrap();
@@ -165,17 +167,9 @@ async fn sigterm_drains_with_1001_and_exits() {
         assert_eq!(frames.iter().filter(|f| f["op"] == "msg").count(), 1, "{frames:?}");
     }
     let status = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        loop {
-            if let Some(status) = proc.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "did not exit within the grace period"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        Wait::new("the node to exit within the grace period", Duration::from_secs(10))
+            .every(Duration::from_millis(20))
+            .until(|| proc.child.try_wait().unwrap().ok_or("still running"))
     })
     .await
     .unwrap();

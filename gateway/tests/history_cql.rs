@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
 use storage::{CqlConfig, CqlStore, HistoryStore, Page, Replication};
-use testkit::{GatewayProcess, RedisServer, cql_nodes, fresh_keyspace, redis_command};
+use testkit::{GatewayProcess, RedisServer, Wait, cql_nodes, fresh_keyspace, redis_command};
 
 /// One shard stream of about 100 entries, trimmed every second.
 const SMALL_WINDOW: [&str; 6] = [
@@ -49,19 +49,17 @@ async fn stored_ids(store: &CqlStore, room: &str) -> Vec<u64> {
 }
 
 async fn wait_stored(store: &CqlStore, room: &str, n: usize) -> Vec<u64> {
-    let started = Instant::now();
-    loop {
-        let ids = stored_ids(store, room).await;
-        if ids.len() >= n {
-            return ids;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "only {} of {n} stored",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Wait::new(format!("{n} messages of {room} stored"), Duration::from_secs(60))
+        .every(Duration::from_millis(100))
+        .until_async(async || {
+            let ids = stored_ids(store, room).await;
+            if ids.len() >= n {
+                Ok(ids)
+            } else {
+                Err(format!("only {} of {n} stored", ids.len()))
+            }
+        })
+        .await
 }
 
 fn node(redis: &RedisServer, keyspace: &str, extra: &[&str]) -> (GatewayProcess, tempfile::TempDir) {
@@ -129,18 +127,17 @@ async fn a_client_away_longer_than_the_window_recovers_from_the_store() {
     let store = store(&ks).await;
     wait_stored(&store, "w", 500).await;
     // The window is trimmed once the persister has stored what it cuts.
-    let started = Instant::now();
-    loop {
-        let len = stream_len(&redis).unwrap_or(u64::MAX);
-        if len < 400 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "stream never trimmed (length {len})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Wait::new("the stream trimmed below 400 entries", Duration::from_secs(30))
+        .every(Duration::from_millis(200))
+        .until_async(async || {
+            let len = stream_len(&redis).unwrap_or(u64::MAX);
+            if len < 400 {
+                Ok(())
+            } else {
+                Err(format!("length {len}"))
+            }
+        })
+        .await;
     let mut late = guest(&n.url()).await;
     let r = late
         .request(json!({"op":"join","room":"w","since":acked[0].to_string()}))
@@ -198,25 +195,36 @@ async fn streams_are_not_trimmed_below_what_the_persister_has_not_stored() {
     let xlen = || stream_len(&redis).unwrap_or(0);
     // Two trim runs pass with nothing stored: the stream keeps every entry.
     let runs = a.metric("gateway_bus_trim_runs_total");
-    let started = Instant::now();
-    while a.metric("gateway_bus_trim_runs_total") < runs + 2.0 {
-        assert!(started.elapsed() < Duration::from_secs(30), "no trim run");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Wait::new("two trim runs", Duration::from_secs(30))
+        .every(Duration::from_millis(100))
+        .until_async(async || {
+            let now = a.metric("gateway_bus_trim_runs_total");
+            if now >= runs + 2.0 {
+                Ok(())
+            } else {
+                Err(format!("{} trim runs", now - runs))
+            }
+        })
+        .await;
     assert!(xlen() >= 500, "trimmed to {} before anything was stored", xlen());
     // A node with a persister stores them; then the window is trimmed.
     let (_b, _db) = node(&redis, &ks, &SMALL_WINDOW);
     let store = store(&ks).await;
     wait_stored(&store, "t", 500).await;
-    let started = Instant::now();
-    while xlen() >= 400 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never trimmed after storing ({} entries)",
-            xlen()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Wait::new(
+        "the stream trimmed below 400 entries after storing",
+        Duration::from_secs(30),
+    )
+    .every(Duration::from_millis(100))
+    .until_async(async || {
+        let len = xlen();
+        if len < 400 {
+            Ok(())
+        } else {
+            Err(format!("{len} entries"))
+        }
+    })
+    .await;
     let mut reader = guest(&a.url()).await;
     assert_eq!(
         all_history(&mut reader, "t").await,
