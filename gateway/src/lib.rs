@@ -2,12 +2,21 @@
 //! behind.
 //!
 //! - [`config`]: settings from flags, `GATEWAY_*` env and a TOML file.
+//! - [`Node`] (`node.rs`): what every connection and HTTP handler of one
+//!   node shares.
 //! - [`http`]: hyper 1 routes; `/ws` upgrades hand the raw socket to
 //!   [`conn`], one small task per connection.
+//! - [`conn`]: one connection in two layers: the socket (`conn/socket.rs`:
+//!   the wait, read bursts, writes, the close) and the request handling
+//!   (`conn/session.rs`: state, frames to requests, replies and errors,
+//!   rate limits), with the ops one file per family under `conn/ops/`
+//!   (auth, rooms, send, history, presence) behind one dispatch table.
 //! - [`hub`]: connection shards with their room indexes, the node-wide room
 //!   registry (routing, presence), and the router that turns bus deliveries
 //!   into WebSocket frames once per node.
 //! - [`ws`]: frame encoding and the idle-buffer-free read path.
+//! - [`view`]: the one stored-message-to-protocol mapping every encoder
+//!   uses.
 //! - [`auth`]: JWT and guests. [`metrics`]: `gateway_*` metrics.
 //!
 //! [`run`] wires them to the bus (`dispatcher`) and the store (`storage`)

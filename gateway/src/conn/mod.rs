@@ -1,17 +1,19 @@
 //! One client connection: a single task, small while idle, in two layers
-//! that do not import each other.
+//! that do not import each other's internals.
 //!
 //! - [`socket`]: the transport. The task's wait (socket readiness, queue
 //!   signal, one timer, shutdown), read bursts of WebSocket frames, writes
 //!   of the outbound queue, the close handshake. It knows frames, not
-//!   requests, and drives the session only through its socket-facing
-//!   methods.
+//!   requests, and drives the session through its socket-facing methods
+//!   only.
 //! - [`session`]: request handling. [`session::Session`] holds the
 //!   connection's state, turns frames into requests, and answers with
 //!   frames queued on its `hub::ConnHandle`; it never sees the socket.
 //! - [`ops`]: the handlers, one file per op family (`auth`, `rooms`,
 //!   `send`, `history`, `presence`), and the dispatch table. Adding an op
-//!   touches the `protocol` parser, its arm there, and its family's file.
+//!   touches the `protocol` parser, its arm in the table, and its family's
+//!   file (plus tests). The send family's pipeline is the one the socket
+//!   layer also calls: sends are batched per read burst.
 //! - [`end`]: [`end::End`], how a connection ends: decided by handlers,
 //!   carried out by the socket layer.
 //!
@@ -40,6 +42,9 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: 
     m.connections_active.increment(1.0);
     m.connections_opened.increment(1);
     let mut s = Session::new(node, header_auth);
+    // Each step awaited here, not wrapped in one more async fn: this future
+    // lives as long as the connection, and a wrapper that owned the socket
+    // would keep a second copy of it (checked by the test below).
     let mut tcp = tcp;
     let mut prefix = prefix;
     let end = socket::run(&mut tcp, &mut prefix, &mut s).await;

@@ -1,17 +1,20 @@
 //! The connection's request handling: [`Session`] holds its state (identity,
 //! rooms, timers, rate buckets, bad-frame count, sends waiting to be
 //! published), turns frames into requests, and answers them with replies and
-//! errors queued on the connection's [`ConnHandle`].
+//! errors queued on the connection's [`ConnHandle`]. It never sees the
+//! socket.
 //!
-//! Two sides, and no socket in either:
-//! - for the socket layer ([`super::socket`]): `on_frame`, `on_timer`,
-//!   `next_deadline`, `wants`, the end (`take_end`, `ending`), and the
-//!   send pipeline (`sends_due`, `flush_sends`, in [`super::ops`]'s send
-//!   family);
+//! Its two sides:
+//! - for the socket layer ([`super::socket`]): `on_frame`, `on_timer` and
+//!   `next_deadline`, `wants` (whether a queued delivery still goes out),
+//!   the decided end (`take_end`, `ending`), `handle`, `node`, `settings`,
+//!   `auth_deadline`, and the send pipeline of a read burst (`sends_due`,
+//!   `flush_sends`, in the send family of [`super::ops`]);
 //! - for the op handlers ([`super::ops`], each an `impl Session` block):
-//!   `reply`, `error`, `rate_ok`, `joined`, and the fields.
+//!   `reply`, `error`, `rate_ok`, `joined`, and the `pub(super)` fields.
 //!
-//! A parsed request goes to `dispatch` in [`super::ops`], the table of ops.
+//! `on_text` parses a request and hands it to `dispatch` in
+//! [`super::ops`], the table of ops.
 
 use std::sync::Arc;
 
