@@ -17,6 +17,7 @@
 //! [`super::ops`], the table of ops.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fastwebsockets::{CloseCode, Frame, OpCode};
 use protocol::encode::error_reply;
@@ -32,7 +33,7 @@ use crate::hub::{ConnHandle, Out};
 use crate::{metrics, ws};
 
 /// Window over which bad frames are counted.
-const BAD_FRAME_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+const BAD_FRAME_WINDOW: Duration = Duration::from_secs(60);
 
 /// A token bucket: `rate` per second, up to `burst`.
 struct Bucket {
