@@ -2,17 +2,17 @@
 //! worker side: what a worker writes on its stdout ([`Line`], one JSON
 //! object a line) and its wait for the parent's `go` on stdin.
 //!
-//! Kept apart from [`crate::workers`] (the parent, and the worker's entry
-//! point) so that the run, which says `ready`, and the progress task, which
-//! writes `progress`, need not depend on the module that starts runs.
+//! Kept apart from `workers` (the parent, and the worker's entry point,
+//! which starts a run) so that the run, which says `ready`, and the
+//! progress task, which writes `progress`, do not import it back.
 
 use std::io::{BufRead, Write};
 
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
-use crate::Tally;
 use crate::stats::Snapshot;
+use crate::tally::Tally;
 
 /// One line a worker writes on its stdout.
 #[derive(Debug, Serialize, Deserialize)]

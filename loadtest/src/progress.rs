@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::Shared;
 use crate::link::{self, Line};
+use crate::shared::Shared;
 use crate::stats::Ticker;
 
 /// The running progress task; [`Progress::stop`] ends it.

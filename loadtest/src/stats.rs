@@ -3,20 +3,28 @@
 //! and merged when read; and the progress [`Snapshot`] with the [`Ticker`]
 //! that shows it.
 //!
-//! A leaf: it depends on no other module of the crate, so the run
-//! ([`crate::run_tally`]), the parent of `--workers` ([`crate::workers`])
-//! and the worker link can all use it.
+//! A leaf: it depends on no other module of the crate, so the run, the
+//! parent of `--workers` and the worker link can all use it.
 
 use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+/// The wall clock in microseconds: what a sender writes into each body and
+/// a member subtracts on delivery (end to end, across processes).
+pub(crate) fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Default)]
 pub struct Counters {

@@ -24,13 +24,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::args::Args;
 pub use crate::link::{Line, emit};
+use crate::report::Report;
 use crate::stats::{Snapshot, Ticker};
-use crate::{Args, Report, Tally};
+use crate::tally::Tally;
 
 /// Worker side: runs this worker's share and writes its tally.
 pub async fn serve(args: Args) -> anyhow::Result<()> {
-    let tally = crate::run_tally(args).await?;
+    let tally = crate::scenario::run_tally(args).await?;
     emit(&Line::Done(Box::new(tally)));
     Ok(())
 }
