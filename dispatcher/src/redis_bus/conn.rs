@@ -61,6 +61,8 @@ pub enum Pooled {
 
 delegate_connection_like!(Pooled, Single, Cluster);
 
+/// Cheap to clone: clones share the pool.
+#[derive(Clone)]
 pub enum Pool {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),

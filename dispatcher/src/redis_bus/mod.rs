@@ -1,0 +1,65 @@
+//! The Redis Streams bus: any number of gateway nodes behave as one.
+//!
+//! Rooms map to a fixed number of shard streams by a stable hash; each
+//! stream key carries its own hash tag (`gw:{s7}`), so every command
+//! touches one slot and the streams spread over a Redis Cluster's masters.
+//! A room lives in exactly one stream, whose entry ids (`ms-seq`, strictly
+//! increasing) are its message ids, so every node sees one order.
+//!
+//! Where each concern lives:
+//! - [`conn`]: connections, the same on one server and on a Redis Cluster.
+//! - [`streams`]: key layout, which stream a room is in, the entry codec.
+//! - `publish`: `XADD`s on one shared multiplexed connection.
+//! - `readers`: one reading task per stream this node has members in.
+//! - `window`: history and replay from the stream window, merged with the
+//!   CQL store when there is one (the persister fills it; without one the
+//!   window is all a cluster keeps).
+//! - `trim`: trimming to the window, never past what is not yet stored.
+//! - `presence`: per-room sets of `node|user`.
+//! - `lease`: the node id lease and heartbeat key.
+//! - `bus`: [`RedisBus`], which puts them together behind [`crate::Bus`].
+
+mod bus;
+pub mod conn;
+mod lease;
+mod presence;
+mod publish;
+mod readers;
+pub mod streams;
+mod trim;
+mod window;
+
+use std::time::Duration;
+
+pub use bus::RedisBus;
+pub use conn::Target;
+pub use streams::{StreamLayout, stream_of};
+
+use crate::BusError;
+
+#[derive(Debug, Clone)]
+pub struct RedisBusConfig {
+    pub target: Target,
+    /// Key prefix and stream count; every node of a cluster must agree.
+    pub streams: StreamLayout,
+    /// Approximate entries kept per shard stream.
+    pub maxlen: usize,
+    /// Entries older than this are trimmed (0: by count only).
+    pub max_age: Duration,
+    /// This node's id; leased in Redis when `None`.
+    pub node_id: Option<String>,
+    /// Entries per `XREAD`.
+    pub read_count: usize,
+    /// `XREAD BLOCK` time.
+    pub block: Duration,
+    /// How often streams are trimmed.
+    pub trim_every: Duration,
+    /// A node's heartbeat key (its lease and its presence) lives this long
+    /// without a refresh; refreshed every second.
+    pub node_ttl: Duration,
+}
+
+/// A failed Redis command, as the bus reports it.
+fn redis_error(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("redis {what}: {e}"))
+}
