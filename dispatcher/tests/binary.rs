@@ -28,7 +28,10 @@ fn bad_configuration_exits_64_naming_the_setting() {
         (vec!["--persister-batch", "0"], "persister_batch"),
         (vec!["--scylla-replication", "everywhere"], "scylla_replication"),
         (vec!["--persister-wait", "soon"], "persister-wait"),
-        (vec!["--config", "/nonexistent/dispatcher.toml"], "/nonexistent/dispatcher.toml"),
+        (
+            vec!["--config", "/nonexistent/dispatcher.toml"],
+            "/nonexistent/dispatcher.toml",
+        ),
     ] {
         let args: Vec<&str> = SERVICES.iter().copied().chain(extra.iter().copied()).collect();
         let (code, _, err) = dispatcher(&args);

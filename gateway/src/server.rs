@@ -105,7 +105,7 @@ impl Backend {
         let persister = match cql {
             None => {
                 tracing::warn!(
-                    entries_per_shard = cluster.args.stream_maxlen,
+                    entries_per_stream = cluster.args.stream_maxlen,
                     max_age = ?cluster.args.stream_max_age,
                     "Redis without ScyllaDB: history and recovery reach back only as far as the stream window"
                 );
