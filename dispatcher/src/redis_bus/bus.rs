@@ -11,7 +11,7 @@ use storage::HistoryStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::conn::Pool;
+use super::conn::{Pool, Target, redis_error};
 use super::lease::NodeLease;
 use super::presence::Presence;
 use super::publish::Publisher;
@@ -19,11 +19,32 @@ use super::readers::{ReaderContext, Readers};
 use super::streams::{StreamLayout, event_fields, message_fields, origin};
 use super::trim::Trimmer;
 use super::window::Window;
-use super::{RedisBusConfig, redis_error};
 use crate::{Bus, BusError, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
 
 /// How often the heartbeat runs.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct RedisBusConfig {
+    pub target: Target,
+    /// Key prefix and stream count; every node of a cluster must agree.
+    pub streams: StreamLayout,
+    /// Approximate entries kept per shard stream.
+    pub maxlen: usize,
+    /// Entries older than this are trimmed (0: by count only).
+    pub max_age: Duration,
+    /// This node's id; leased in Redis when `None`.
+    pub node_id: Option<String>,
+    /// Entries per `XREAD`.
+    pub read_count: usize,
+    /// `XREAD BLOCK` time.
+    pub block: Duration,
+    /// How often streams are trimmed.
+    pub trim_every: Duration,
+    /// A node's heartbeat key (its lease and its presence) lives this long
+    /// without a refresh; refreshed every second.
+    pub node_ttl: Duration,
+}
 
 pub struct RedisBus {
     shared: Arc<Shared>,

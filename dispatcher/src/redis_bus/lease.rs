@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionLike;
 
-use super::redis_error;
+use super::conn::redis_error;
 use super::streams::StreamLayout;
 use crate::BusError;
 

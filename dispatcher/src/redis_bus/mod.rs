@@ -29,37 +29,6 @@ pub mod streams;
 mod trim;
 mod window;
 
-use std::time::Duration;
-
-pub use bus::RedisBus;
+pub use bus::{RedisBus, RedisBusConfig};
 pub use conn::Target;
 pub use streams::{StreamLayout, stream_of};
-
-use crate::BusError;
-
-#[derive(Debug, Clone)]
-pub struct RedisBusConfig {
-    pub target: Target,
-    /// Key prefix and stream count; every node of a cluster must agree.
-    pub streams: StreamLayout,
-    /// Approximate entries kept per shard stream.
-    pub maxlen: usize,
-    /// Entries older than this are trimmed (0: by count only).
-    pub max_age: Duration,
-    /// This node's id; leased in Redis when `None`.
-    pub node_id: Option<String>,
-    /// Entries per `XREAD`.
-    pub read_count: usize,
-    /// `XREAD BLOCK` time.
-    pub block: Duration,
-    /// How often streams are trimmed.
-    pub trim_every: Duration,
-    /// A node's heartbeat key (its lease and its presence) lives this long
-    /// without a refresh; refreshed every second.
-    pub node_ttl: Duration,
-}
-
-/// A failed Redis command, as the bus reports it.
-fn redis_error(what: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("redis {what}: {e}"))
-}

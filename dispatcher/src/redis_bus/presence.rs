@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::conn::Pool;
-use super::redis_error;
+use super::conn::redis_error;
 use super::streams::StreamLayout;
 use crate::BusError;
 

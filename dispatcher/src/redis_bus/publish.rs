@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use super::conn::redis_error;
 use super::conn::{Conn, Target};
-use super::redis_error;
 use super::streams::parse_entry_id;
 use crate::BusError;
 

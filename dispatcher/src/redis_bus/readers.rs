@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::conn::redis_error;
 use super::conn::{Conn, Target};
-use super::redis_error;
 use super::streams::{Entry, StreamLayout};
 use super::window::StreamInfo;
 use crate::backoff::Backoff;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use redis::Value;
 use redis::aio::ConnectionLike;
 
-use super::redis_error;
+use super::conn::redis_error;
 use super::streams::{PERSISTER_GROUP, StreamLayout, entry_id, flat_map, lookup, parse_entry_id};
 use super::window::StreamInfo;
 use crate::BusError;

@@ -12,7 +12,7 @@ use redis::aio::ConnectionLike;
 use redis::streams::{StreamId, StreamRangeReply};
 
 use super::conn::Pool;
-use super::redis_error;
+use super::conn::redis_error;
 use super::streams::{Entry, StreamLayout, entry_id, flat_map, is_stored_in, lookup, parse_entry_id};
 use crate::{BusError, Page, Replay, StoredMessage};
 use storage::HistoryStore;
