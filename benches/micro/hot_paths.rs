@@ -8,6 +8,8 @@
 //! `cargo bench -p benches --bench hot_paths`; results are indicative on a
 //! shared 2-core box.
 
+#![forbid(unsafe_code)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 

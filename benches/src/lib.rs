@@ -1,1 +1,3 @@
 //! Criterion benchmarks live in `micro/`; see `Cargo.toml`.
+
+#![forbid(unsafe_code)]

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -53,13 +53,6 @@ impl InProcessBus {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 struct Sequencer {
     store: Arc<dyn HistoryStore>,
     sink: Arc<dyn Sink>,
@@ -97,7 +90,7 @@ impl Sequencer {
 
     async fn process(&mut self, batch: Vec<(NewMessage, Reply)>) {
         let m = crate::metrics::get();
-        let now = now_ms();
+        let now = protocol::id::now_ms();
         let mut minted = Vec::with_capacity(batch.len());
         for (msg, reply) in batch {
             match self.last_id(&msg.room).await {
@@ -127,10 +120,7 @@ impl Sequencer {
         let appended = match self.store.append(durable).await {
             // One sequencer mints every id, so a conflict means the store was
             // written by someone else: refuse rather than acknowledge it.
-            Ok(report) if !report.conflicts.is_empty() => Err(storage::StorageError::Embedded {
-                op: "append",
-                detail: format!("id conflicts: {:?}", report.conflicts),
-            }),
+            Ok(report) if !report.conflicts.is_empty() => Err(storage::StorageError::IdConflicts(report.conflicts)),
             other => other,
         };
         if let Err(e) = appended {
@@ -300,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn HistoryStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         // A stored id from the future: the bus must not mint below it.
-        let future_id = protocol::id::pack(now_ms() + 60_000, 5);
+        let future_id = protocol::id::pack(protocol::id::now_ms() + 60_000, 5);
         store
             .append(vec![StoredMessage {
                 room: "r".into(),

@@ -8,15 +8,25 @@
 //! - [`inprocess::InProcessBus`] serves one node with no external services:
 //!   it mints ids per room, commits to the history store, then delivers.
 //! - [`redis_bus::RedisBus`] joins any number of nodes through Redis Streams
-//!   (one server or a Redis Cluster; connections in [`redis_conn`]).
+//!   (one server or a Redis Cluster); its module doc says where each of its
+//!   concerns (stream layout and entry codec, publishing, readers, the
+//!   window, trimming, presence, the node lease) lives.
+//! - [`persister`] drains the shard streams into the history store; it runs
+//!   inside gateway nodes or alone in the `dispatcher` binary.
+//! - [`settings`]: the cluster settings both binaries share (Redis, streams,
+//!   the CQL store, the persister, logging), loaded and validated one way.
+//! - [`backoff`]: the one reconnect backoff (exponential, full jitter).
 //!
 //! The dispatcher knows nothing of WebSockets: it moves [`Delivery`]s.
 
+#![forbid(unsafe_code)]
+
+pub mod backoff;
 pub mod inprocess;
 mod metrics;
 pub mod persister;
 pub mod redis_bus;
-pub mod redis_conn;
+pub mod settings;
 
 use std::sync::Arc;
 
@@ -85,8 +95,11 @@ impl Delivery {
     }
 }
 
-/// The node side of a bus. `deliver` is called with entries in each room's
-/// order, never concurrently for one room, and must not block.
+/// The node side of a bus. `deliver` must not block. A room's messages
+/// come in the room's order, from one caller at a time (the in-process
+/// sequencer, or the room's stream reader). Ephemeral room events may not:
+/// the in-process bus delivers `joined`/`left`/`typing` from the task that
+/// published them, beside the sequencer.
 pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, batch: Vec<Delivery>);
 }

@@ -2,7 +2,7 @@
 //!
 //! One consumer group (`persister`) over every shard stream, so any number
 //! of processes (gateway nodes, standalone `dispatcher`s) share the work.
-//! Per shard, a task with a dedicated connection:
+//! Per shard stream, a task with a dedicated connection:
 //! 1. re-reads this consumer's own pending entries (it died mid-batch),
 //! 2. claims entries another consumer left pending too long (`XAUTOCLAIM`),
 //! 3. reads new entries (`XREADGROUP ... >`), gathering a batch by size and
@@ -21,17 +21,17 @@ use storage::HistoryStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::redis_bus::{RedisBusConfig, entry_to_message, stream_key};
-use crate::redis_conn::Conn;
+use crate::backoff::Backoff;
+use crate::redis_bus::conn::{Conn, Target};
+use crate::redis_bus::streams::{Entry, PERSISTER_GROUP as GROUP, StreamLayout};
 use crate::{BusError, StoredMessage};
-
-/// The consumer group every persister joins.
-pub const GROUP: &str = "persister";
 
 #[derive(Debug, Clone)]
 pub struct PersisterConfig {
-    /// Where the streams are (shards, prefix, Redis).
-    pub bus: RedisBusConfig,
+    /// The Redis the streams are in.
+    pub target: Target,
+    /// Key prefix and stream count: the gateways' values.
+    pub streams: StreamLayout,
     /// This consumer's name, unique among persisters (the node id).
     pub consumer: String,
     /// Most entries in one store append.
@@ -46,21 +46,21 @@ fn err(what: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("persister {what}: {e}"))
 }
 
-/// Runs a persister task per shard until `shutdown`; returns when they
-/// have all finished their current batch.
+/// Runs a persister task per shard stream until `shutdown`; returns when
+/// they have all finished their current batch.
 pub async fn run(cfg: PersisterConfig, store: Arc<dyn HistoryStore>, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
-    for shard in 0..cfg.bus.shards {
-        tasks.spawn(persist_shard(cfg.clone(), shard, store.clone(), shutdown.clone()));
+    for stream in 0..cfg.streams.count() {
+        tasks.spawn(persist_stream(cfg.clone(), stream, store.clone(), shutdown.clone()));
     }
     tasks.close();
     tasks.wait().await;
 }
 
-async fn persist_shard(cfg: PersisterConfig, shard: u32, store: Arc<dyn HistoryStore>, shutdown: CancellationToken) {
-    let key = stream_key(&cfg.bus.prefix, shard);
+async fn persist_stream(cfg: PersisterConfig, stream: u32, store: Arc<dyn HistoryStore>, shutdown: CancellationToken) {
+    let key = cfg.streams.key(stream);
     let mut conn: Option<Conn> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     // Own pending entries first: after a crash they were read but not acked.
     let mut own_pending = true;
     let mut last_claim = Instant::now() - cfg.claim_idle;
@@ -69,7 +69,7 @@ async fn persist_shard(cfg: PersisterConfig, shard: u32, store: Arc<dyn HistoryS
             let c = match &mut conn {
                 Some(c) => c,
                 None => {
-                    let mut c = cfg.bus.target.connect(cfg.batch_wait + Duration::from_secs(5)).await?;
+                    let mut c = cfg.target.connect(cfg.batch_wait + Duration::from_secs(5)).await?;
                     ensure_group(&mut c, &key).await?;
                     conn.insert(c)
                 }
@@ -89,7 +89,7 @@ async fn persist_shard(cfg: PersisterConfig, shard: u32, store: Arc<dyn HistoryS
             if entries.is_empty() {
                 return Ok::<_, BusError>(());
             }
-            let messages: Vec<StoredMessage> = entries.iter().filter_map(entry_to_message).collect();
+            let messages: Vec<StoredMessage> = entries.iter().filter_map(|e| Entry::decode(e)?.into_stored()).collect();
             let report = store.append(messages).await?;
             if !report.conflicts.is_empty() {
                 // Kept the stored message: a reissued id after a failover.
@@ -113,17 +113,15 @@ async fn persist_shard(cfg: PersisterConfig, shard: u32, store: Arc<dyn HistoryS
             _ = shutdown.cancelled() => break,
         };
         match result {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => backoff.reset(),
             Err(e) => {
                 crate::metrics::get().persist_errors.increment(1);
-                tracing::warn!(shard, error = %e, "persister: will retry; unacknowledged entries stay pending");
+                tracing::warn!(stream, error = %e, "persister: will retry; unacknowledged entries stay pending");
                 conn = None;
                 own_pending = true;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => break,
+                if !backoff.wait(&shutdown).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

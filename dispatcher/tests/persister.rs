@@ -6,8 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatcher::redis_bus::{RedisBus, RedisBusConfig};
-use dispatcher::redis_conn::Target;
+use dispatcher::redis_bus::{RedisBus, RedisBusConfig, StreamLayout, Target};
 use dispatcher::{Bus, Delivery, NewMessage, Sink};
 use storage::{CqlConfig, CqlStore, HistoryStore, Page, Replication};
 use testkit::{RedisServer, Wait, cql_nodes, fresh_keyspace, redis_command};
@@ -67,8 +66,7 @@ async fn a_killed_persister_is_taken_over_without_loss_or_duplicates() {
     let ks = fresh_keyspace("persist");
     let cfg = RedisBusConfig {
         target: Target::Single(redis.url()),
-        prefix: "gw".into(),
-        shards: 4,
+        streams: StreamLayout::new("gw", 4),
         maxlen: 100_000,
         max_age: Duration::ZERO,
         node_id: Some("test".into()),

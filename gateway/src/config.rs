@@ -1,41 +1,21 @@
 //! Node configuration: every setting is a `--flag`, a `GATEWAY_*`
 //! environment variable, and a key of the optional TOML file
-//! (`--config`), in that order of precedence. [`Config::load`] parses and
-//! [`Config::validate`] checks everything once, naming the bad setting; the
-//! binary exits 64 on either error.
+//! (`--config`), in that order of precedence. The settings a node shares
+//! with the `dispatcher` binary (Redis, streams, the CQL store, the
+//! persister, logging) and the loading itself are `dispatcher::settings`;
+//! this adds the node's own. [`Config::load`] parses and
+//! [`Config::validate`] checks everything once, naming the bad setting;
+//! the binary exits 64 on either error.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
-use dispatcher::redis_conn::Target;
+use clap::{ArgAction, Parser};
+use dispatcher::settings::{Cluster, ClusterArgs, LogArgs, invalid};
+pub use dispatcher::settings::{LogFormat, SettingsError as ConfigError};
 use jsonwebtoken::{Algorithm, DecodingKey};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// From clap; `help` for `--help`/`--version`, which are not errors.
-    #[error("{message}")]
-    Cli { message: String, help: bool },
-    #[error("config file {path}: {message}")]
-    File { path: String, message: String },
-    #[error("{setting}: {message}")]
-    Invalid { setting: &'static str, message: String },
-}
-
-fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        message: message.into(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
 
 /// A gateway node's settings. Defaults run one node on loopback with the
 /// embedded store and anonymous guests.
@@ -56,74 +36,16 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// One Redis server for the cluster bus (`redis://host:port`). Unset
-    /// (and no cluster nodes): the in-process bus of a single node.
-    #[arg(long, env = "GATEWAY_REDIS_URL")]
-    pub redis_url: Option<String>,
-
-    /// A Redis Cluster instead: some of its nodes (comma-separated URLs).
-    #[arg(long, env = "GATEWAY_REDIS_CLUSTER_NODES", value_delimiter = ',')]
-    pub redis_cluster_nodes: Vec<String>,
-
-    /// Prefix of every Redis key, so deployments can share a Redis.
-    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "gw")]
-    pub redis_prefix: String,
-
-    /// Shard streams rooms are hashed onto. Every node must agree.
-    #[arg(long, env = "GATEWAY_STREAM_SHARDS", default_value_t = 16)]
-    pub stream_shards: u32,
-
-    /// Approximate entries each shard stream keeps (the recovery window).
-    #[arg(long, env = "GATEWAY_STREAM_MAXLEN", default_value_t = 100_000)]
-    pub stream_maxlen: usize,
-
-    /// ScyllaDB (or Cassandra) contact points, `host:port`, comma-separated.
-    /// Unset: the embedded store (one node), or the stream window only.
-    #[arg(long, env = "GATEWAY_SCYLLA_NODES", value_delimiter = ',')]
-    pub scylla_nodes: Vec<String>,
-
-    /// Keyspace of the history tables.
-    #[arg(long, env = "GATEWAY_SCYLLA_KEYSPACE", default_value = "chat")]
-    pub scylla_keyspace: String,
-
-    /// Keyspace replication: `simple:<factor>` or `nts:<dc>=<factor>,...`.
-    #[arg(long, env = "GATEWAY_SCYLLA_REPLICATION", default_value = "simple:1")]
-    pub scylla_replication: String,
-
-    /// Time one history partition of a room covers.
-    #[arg(long, env = "GATEWAY_SCYLLA_BUCKET", default_value = "1day", value_parser = humantime::parse_duration)]
-    pub scylla_bucket: Duration,
+    /// Redis, the shard streams, the CQL store, the persister: shared with
+    /// the `dispatcher` binary.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 
     /// Run the persister (Redis streams into ScyllaDB) inside this node.
     /// Off when standalone `dispatcher` processes do it.
     #[arg(long, env = "GATEWAY_PERSISTER", default_value_t = true, action = ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub persister: bool,
-
-    /// Most entries the persister writes in one batch.
-    #[arg(long, env = "GATEWAY_PERSISTER_BATCH", default_value_t = 512)]
-    pub persister_batch: usize,
-
-    /// Longest the persister waits to fill a batch.
-    #[arg(long, env = "GATEWAY_PERSISTER_WAIT", default_value = "50ms", value_parser = humantime::parse_duration)]
-    pub persister_wait: Duration,
-
-    /// Entries a stopped persister left pending this long are taken over.
-    #[arg(long, env = "GATEWAY_PERSISTER_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub persister_claim_idle: Duration,
-
-    /// How often shard streams are trimmed to the window.
-    #[arg(long, env = "GATEWAY_STREAM_TRIM_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub stream_trim_interval: Duration,
-
-    /// A node's Redis heartbeat lives this long: a dead node's users leave
-    /// presence, and its leased node id frees, within it.
-    #[arg(long, env = "GATEWAY_PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
-    pub presence_ttl: Duration,
-
-    /// Stream entries older than this are trimmed; 0 keeps by count only.
-    #[arg(long, env = "GATEWAY_STREAM_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub stream_max_age: Duration,
 
     /// Directory of the embedded history store. Never share it between nodes.
     #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "./data")]
@@ -228,13 +150,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Log format.
-    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "human")]
-    pub log_format: LogFormat,
-
-    /// Log filter (tracing-subscriber syntax); RUST_LOG wins when set.
-    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
@@ -266,18 +183,8 @@ pub struct Settings {
     /// Anonymous guests allowed (resolved from `allow_anonymous` and the listener).
     pub anonymous: bool,
     pub shards: usize,
-    /// The cluster bus's Redis, when configured.
-    pub redis: Option<Target>,
-    /// The CQL history store, when configured.
-    pub scylla: Option<storage::CqlConfig>,
-}
-
-fn check_redis_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
-        Ok(url.to_string())
-    } else {
-        Err(invalid(setting, format!("{url:?} is not a redis:// URL")))
-    }
+    /// Redis, streams and the CQL store, checked.
+    pub cluster: Cluster,
 }
 
 impl Config {
@@ -288,47 +195,7 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let first = Config::command().try_get_matches_from(&args).map_err(cli_error)?;
-        let file = first.get_one::<PathBuf>("config").cloned();
-        let mut cmd = Config::command();
-        if let Some(path) = file {
-            let shown = path.display().to_string();
-            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
-                path: shown.clone(),
-                message: e.to_string(),
-            })?;
-            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
-                path: shown.clone(),
-                message: e.to_string(),
-            })?;
-            let known: Vec<String> = cmd.get_arguments().map(|a| a.get_id().to_string()).collect();
-            for (key, value) in table {
-                let id = key.replace('-', "_");
-                if !known.contains(&id) || id == "config" || id == "check_config" {
-                    return Err(ConfigError::File {
-                        path: shown,
-                        message: format!("unknown setting {key:?}"),
-                    });
-                }
-                let text = match value {
-                    toml::Value::String(s) => s,
-                    toml::Value::Array(items) => items
-                        .into_iter()
-                        .map(|v| match v {
-                            toml::Value::String(s) => s,
-                            other => other.to_string(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    other => other.to_string(),
-                };
-                // The file's value becomes the default: flags and env still win.
-                cmd = cmd.mut_arg(id, |a| a.default_value(text));
-            }
-        }
-        let matches = cmd.try_get_matches_from(&args).map_err(cli_error)?;
-        Config::from_arg_matches(&matches).map_err(cli_error)
+        dispatcher::settings::load(args)
     }
 
     /// A copy safe to print: secrets replaced.
@@ -352,66 +219,7 @@ impl Config {
                 format!("{id:?} must be 1 to 64 characters of [A-Za-z0-9_.-]"),
             ));
         }
-        let redis = match (&c.redis_url, c.redis_cluster_nodes.is_empty()) {
-            (Some(_), false) => {
-                return Err(invalid("redis_url", "set redis_url or redis_cluster_nodes, not both"));
-            }
-            (Some(url), true) => Some(Target::Single(check_redis_url("redis_url", url)?)),
-            (None, false) => Some(Target::Cluster(
-                c.redis_cluster_nodes
-                    .iter()
-                    .map(|u| check_redis_url("redis_cluster_nodes", u))
-                    .collect::<Result<_, _>>()?,
-            )),
-            (None, true) => None,
-        };
-        if !(1..=1024).contains(&c.stream_shards) {
-            return Err(invalid("stream_shards", "must be from 1 to 1024"));
-        }
-        let scylla = if c.scylla_nodes.is_empty() {
-            None
-        } else {
-            let replication =
-                storage::Replication::parse(&c.scylla_replication).map_err(|e| invalid("scylla_replication", e))?;
-            if c.scylla_keyspace.is_empty()
-                || !c
-                    .scylla_keyspace
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(invalid("scylla_keyspace", "use letters, digits and _"));
-            }
-            if c.scylla_bucket < Duration::from_secs(60) {
-                return Err(invalid("scylla_bucket", "must be at least 1m"));
-            }
-            Some(storage::CqlConfig {
-                nodes: c.scylla_nodes.clone(),
-                keyspace: c.scylla_keyspace.clone(),
-                replication,
-                bucket: c.scylla_bucket,
-            })
-        };
-        if c.persister_batch == 0 || c.persister_wait.is_zero() || c.persister_claim_idle < Duration::from_secs(1) {
-            return Err(invalid(
-                "persister_batch",
-                "persister_batch and persister_wait must be more than 0, persister_claim_idle at least 1s",
-            ));
-        }
-        if c.stream_trim_interval < Duration::from_secs(1) {
-            return Err(invalid("stream_trim_interval", "must be at least 1s"));
-        }
-        if c.presence_ttl < Duration::from_secs(2) {
-            return Err(invalid(
-                "presence_ttl",
-                "must be at least 2s (the heartbeat is every second)",
-            ));
-        }
-        if c.stream_maxlen < 100 {
-            return Err(invalid("stream_maxlen", "must be at least 100"));
-        }
-        if c.redis_prefix.is_empty() || c.redis_prefix.contains(['{', '}', ' ']) {
-            return Err(invalid("redis_prefix", "must be non-empty, without braces or spaces"));
-        }
+        let cluster = c.cluster.validate()?;
         if !(1024..=16 << 20).contains(&c.max_frame_bytes) {
             return Err(invalid("max_frame_bytes", "must be from 1024 to 16777216"));
         }
@@ -478,8 +286,7 @@ impl Config {
             jwt,
             anonymous,
             shards,
-            redis,
-            scylla,
+            cluster,
         })
     }
 
@@ -558,15 +365,6 @@ impl Config {
             audience: self.jwt_audience.clone(),
             issuer: self.jwt_issuer.clone(),
         }))
-    }
-}
-
-fn cli_error(e: clap::Error) -> ConfigError {
-    use clap::error::ErrorKind;
-    let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
-    ConfigError::Cli {
-        message: e.render().to_string(),
-        help,
     }
 }
 

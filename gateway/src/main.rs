@@ -3,19 +3,15 @@
 
 use std::process::ExitCode;
 
-use gateway::config::LogFormat;
+use dispatcher::settings::EXIT_CONFIG;
 use gateway::{Config, ConfigError};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 // `--features system-alloc` keeps the system allocator, so that heap
 // profilers that interpose malloc (heaptrack) see every allocation.
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// BSD `EX_CONFIG`-style exit for bad configuration (`EX_USAGE`).
-const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let config = match Config::load(std::env::args_os()) {
@@ -41,13 +37,7 @@ fn main() -> ExitCode {
         println!("configuration ok: {:#?}", settings.config.redacted());
         return ExitCode::SUCCESS;
     }
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.config.log))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    match settings.config.log_format {
-        LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-    }
+    settings.config.log.init();
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::info!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),

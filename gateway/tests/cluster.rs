@@ -220,9 +220,9 @@ async fn a_late_node_reads_only_its_own_rooms_shards() {
     let late_room = "late";
     let mut late = guest(&b.url()).await;
     late.join(late_room).await;
-    let shard = dispatcher::redis_bus::shard_of(late_room, 16);
+    let shard = dispatcher::redis_bus::stream_of(late_room, 16);
     let a_shards: std::collections::HashSet<u32> =
-        rooms.iter().map(|r| dispatcher::redis_bus::shard_of(r, 16)).collect();
+        rooms.iter().map(|r| dispatcher::redis_bus::stream_of(r, 16)).collect();
     assert_eq!(a.metric("gateway_bus_shard_readers"), a_shards.len() as f64);
     assert_eq!(
         b.metric("gateway_bus_shard_readers"),
@@ -236,7 +236,7 @@ async fn a_late_node_reads_only_its_own_rooms_shards() {
     }
     let in_b_shard = rooms
         .iter()
-        .filter(|r| dispatcher::redis_bus::shard_of(r, 16) == shard)
+        .filter(|r| dispatcher::redis_bus::stream_of(r, 16) == shard)
         .count();
     late.send_msg(late_room, json!("mine")).await;
     late.next_msg(late_room).await;
@@ -316,8 +316,8 @@ async fn a_gap_older_than_the_stream_window_is_not_recovered() {
 async fn pipelined_sends_keep_order_through_a_redis_cluster() {
     // The two rooms live in different shard streams (so different slots):
     // the batch becomes one pipeline per stream.
-    use dispatcher::redis_bus::shard_of;
-    assert_ne!(shard_of("pipe-a", 16), shard_of("pipe-b", 16));
+    use dispatcher::redis_bus::stream_of;
+    assert_ne!(stream_of("pipe-a", 16), stream_of("pipe-b", 16));
     let redis = RedisCluster::start(3);
     let cluster = nodes(1, &cluster_flags(&redis), &[]);
     let mut c = guest(&cluster.nodes[0].url()).await;

@@ -7,6 +7,8 @@
 //! - [`room`] validates room names and matches the `rooms` claim patterns.
 //! - [`id`] packs message ids (milliseconds and a sequence) into 64 bits.
 
+#![forbid(unsafe_code)]
+
 pub mod encode;
 pub mod id;
 pub mod request;

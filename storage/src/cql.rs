@@ -27,8 +27,6 @@ use scylla::statement::prepared::PreparedStatement;
 
 use crate::{AppendReport, HistoryStore, Page, StorageError, StoredMessage};
 
-/// Bits of a message id below its milliseconds (`protocol::id`).
-const SEQ_BITS: u32 = 22;
 /// Reads in flight at once during an append.
 const APPEND_CONCURRENCY: usize = 64;
 /// Statements in one unlogged batch (one partition each).
@@ -226,12 +224,8 @@ impl CqlStore {
     }
 
     fn split(&self, id: u64) -> (i64, i64, i32) {
-        let ms = id >> SEQ_BITS;
-        (
-            (ms / self.bucket_ms) as i64,
-            ms as i64,
-            (id & ((1 << SEQ_BITS) - 1)) as i32,
-        )
+        let ms = protocol::id::millis(id);
+        ((ms / self.bucket_ms) as i64, ms as i64, protocol::id::seq(id) as i32)
     }
 
     /// A room's non-empty buckets from `from`, newest first (`down`) or
@@ -269,7 +263,7 @@ impl CqlStore {
             let (ms, seq, sender, ts, body) = row.map_err(|e| cql_err("read")(e.to_string()))?;
             out.push(StoredMessage {
                 room: room.to_string(),
-                id: ((ms as u64) << SEQ_BITS) | seq as u64,
+                id: protocol::id::pack(ms as u64, seq as u64),
                 from: sender,
                 ts: ts as u64,
                 body,

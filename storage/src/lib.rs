@@ -5,17 +5,20 @@
 //!   directory, for a single node with no external services.
 //! - [`cql`]: ScyllaDB (or Cassandra) for a cluster, partitioned by room
 //!   and time bucket.
-//! - [`suite`] (feature `test-suite`): the conformance tests every store
-//!   runs, so the embedded and the CQL store behave the same.
+//! - `suite` (tests only): the conformance tests every store runs, so the
+//!   embedded and the CQL store behave the same.
 //!
 //! This crate knows nothing of the bus or of WebSockets: it stores
-//! messages by `(room, id)` and pages them back in ascending id order.
+//! messages by `(room, id)` and pages them back in ascending id order
+//! (ids are `protocol::id`s).
+
+#![forbid(unsafe_code)]
 
 pub mod cql;
 pub mod embedded;
 mod metrics;
-#[cfg(any(test, feature = "test-suite"))]
-pub mod suite;
+#[cfg(test)]
+mod suite;
 
 use async_trait::async_trait;
 
@@ -70,6 +73,10 @@ pub enum StorageError {
     Embedded { op: &'static str, detail: String },
     #[error("CQL store {op}: {detail}")]
     Cql { op: &'static str, detail: String },
+    /// Ids that are stored already with other content, where the caller
+    /// minted them itself and so cannot accept a redelivery's answer.
+    #[error("message ids stored already with other content: {0:?}")]
+    IdConflicts(Vec<(String, u64)>),
     #[error("the store is shut down")]
     Closed,
 }

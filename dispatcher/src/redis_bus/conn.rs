@@ -61,13 +61,16 @@ pub enum Pooled {
 
 delegate_connection_like!(Pooled, Single, Cluster);
 
+/// Cheap to clone: clones share the pool.
+#[derive(Clone)]
 pub enum Pool {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("{what}: {e}"))
+/// A failed Redis command or connection, as the bus reports it.
+pub(crate) fn redis_error(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("redis {what}: {e}"))
 }
 
 impl Target {
@@ -78,14 +81,14 @@ impl Target {
         let connect_timeout = Duration::from_secs(2);
         match self {
             Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| unavailable(url, e))?;
+                let client = redis::Client::open(url.as_str()).map_err(|e| redis_error(url, e))?;
                 let config = AsyncConnectionConfig::new()
                     .set_response_timeout(Some(response_timeout))
                     .set_connection_timeout(Some(connect_timeout));
                 let conn = client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
-                    .map_err(|e| unavailable(url, e))?;
+                    .map_err(|e| redis_error(url, e))?;
                 Ok(Conn::Single(conn))
             }
             Target::Cluster(urls) => {
@@ -93,11 +96,11 @@ impl Target {
                     .response_timeout(response_timeout)
                     .connection_timeout(connect_timeout)
                     .build()
-                    .map_err(|e| unavailable("redis cluster", e))?;
+                    .map_err(|e| redis_error("cluster", e))?;
                 let conn = client
                     .get_async_connection()
                     .await
-                    .map_err(|e| unavailable("redis cluster", e))?;
+                    .map_err(|e| redis_error("cluster", e))?;
                 Ok(Conn::Cluster(conn))
             }
         }
@@ -109,13 +112,13 @@ impl Target {
             Target::Single(url) => {
                 let mut cfg = deadpool_redis::Config::from_url(url.clone());
                 cfg.pool = Some(deadpool_redis::PoolConfig::new(size));
-                Ok(Pool::Single(cfg.create_pool(runtime).map_err(|e| unavailable(url, e))?))
+                Ok(Pool::Single(cfg.create_pool(runtime).map_err(|e| redis_error(url, e))?))
             }
             Target::Cluster(urls) => {
                 let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.clone());
                 cfg.pool = Some(deadpool_redis::PoolConfig::new(size));
                 Ok(Pool::Cluster(
-                    cfg.create_pool(runtime).map_err(|e| unavailable("redis cluster", e))?,
+                    cfg.create_pool(runtime).map_err(|e| redis_error("cluster", e))?,
                 ))
             }
         }
@@ -125,16 +128,12 @@ impl Target {
 impl Pool {
     pub async fn get(&self) -> Result<Pooled, BusError> {
         match self {
-            Pool::Single(p) => p
-                .get()
-                .await
-                .map(Pooled::Single)
-                .map_err(|e| unavailable("redis pool", e)),
+            Pool::Single(p) => p.get().await.map(Pooled::Single).map_err(|e| redis_error("pool", e)),
             Pool::Cluster(p) => p
                 .get()
                 .await
                 .map(Pooled::Cluster)
-                .map_err(|e| unavailable("redis cluster pool", e)),
+                .map_err(|e| redis_error("cluster pool", e)),
         }
     }
 }

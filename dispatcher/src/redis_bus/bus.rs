@@ -1,0 +1,287 @@
+//! [`RedisBus`]: the [`Bus`] of a cluster, composed of the parts in the
+//! sibling modules, plus the heartbeat that keeps the node's lease, says
+//! whether Redis is reachable (`/readyz`), and runs the trimmer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use storage::HistoryStore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::conn::{Pool, Target, redis_error};
+use super::lease::NodeLease;
+use super::presence::Presence;
+use super::publish::Publisher;
+use super::readers::{ReaderContext, Readers};
+use super::streams::{StreamLayout, event_fields, message_fields, origin};
+use super::trim::Trimmer;
+use super::window::Window;
+use crate::{Bus, BusError, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
+
+/// How often the heartbeat runs.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct RedisBusConfig {
+    pub target: Target,
+    /// Key prefix and stream count; every node of a cluster must agree.
+    pub streams: StreamLayout,
+    /// Approximate entries kept per shard stream.
+    pub maxlen: usize,
+    /// Entries older than this are trimmed (0: by count only).
+    pub max_age: Duration,
+    /// This node's id; leased in Redis when `None`.
+    pub node_id: Option<String>,
+    /// Entries per `XREAD`.
+    pub read_count: usize,
+    /// `XREAD BLOCK` time.
+    pub block: Duration,
+    /// How often streams are trimmed.
+    pub trim_every: Duration,
+    /// A node's heartbeat key (its lease and its presence) lives this long
+    /// without a refresh; refreshed every second.
+    pub node_ttl: Duration,
+}
+
+pub struct RedisBus {
+    shared: Arc<Shared>,
+    readers: Arc<Readers>,
+    window: Window,
+    presence: Presence,
+}
+
+/// What the bus and its heartbeat task share.
+struct Shared {
+    layout: StreamLayout,
+    pool: Pool,
+    lease: NodeLease,
+    publisher: Publisher,
+    trimmer: Trimmer,
+    trim_every: Duration,
+    ready: AtomicBool,
+    closed: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RedisBus {
+    /// Connects, leases a node id if none is configured, and starts the
+    /// heartbeat. Fails when Redis cannot be reached now.
+    /// `store`: the history store a persister fills; without one, history
+    /// and recovery reach back only as far as the stream window.
+    pub async fn connect(
+        cfg: RedisBusConfig,
+        sink: Arc<dyn Sink>,
+        store: Option<Arc<dyn HistoryStore>>,
+    ) -> Result<RedisBus, BusError> {
+        let pool = cfg.target.pool(32)?;
+        let mut conn = pool.get().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| redis_error("PING", e))?;
+        let lease = NodeLease::acquire(&mut conn, &cfg.streams, cfg.node_id.as_deref(), cfg.node_ttl).await?;
+        drop(conn);
+        // With a store, the trimmer cuts streams only below what the
+        // persister has stored; without one, appends trim by count.
+        let publisher = Publisher::connect(cfg.target.clone(), store.is_none().then_some(cfg.maxlen)).await?;
+        let closed = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let node_id = lease.node_id.clone();
+        let shared = Arc::new(Shared {
+            layout: cfg.streams.clone(),
+            pool: pool.clone(),
+            lease,
+            publisher,
+            trimmer: Trimmer {
+                layout: cfg.streams.clone(),
+                maxlen: cfg.maxlen,
+                max_age: cfg.max_age,
+                with_store: store.is_some(),
+            },
+            trim_every: cfg.trim_every,
+            ready: AtomicBool::new(true),
+            closed: closed.clone(),
+            tasks: tasks.clone(),
+        });
+        tasks.spawn(heartbeat(shared.clone()));
+        Ok(RedisBus {
+            readers: Readers::new(ReaderContext {
+                target: cfg.target,
+                layout: cfg.streams.clone(),
+                node_id: node_id.clone(),
+                sink,
+                read_count: cfg.read_count,
+                block: cfg.block,
+                closed,
+                tasks,
+            }),
+            window: Window {
+                pool: pool.clone(),
+                layout: cfg.streams.clone(),
+                store,
+            },
+            presence: Presence {
+                pool,
+                layout: cfg.streams,
+                node_id,
+            },
+            shared,
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.shared.lease.node_id
+    }
+}
+
+/// Every second: refresh the node's lease (which also tells whether Redis
+/// answers, for readiness), and trim every `trim_every`.
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = 0u64;
+    loop {
+        tokio::select! {
+            _ = shared.closed.cancelled() => break,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        tick += 1;
+        let ok = async {
+            let mut conn = shared.pool.get().await?;
+            if !shared.lease.refresh(&mut conn).await? {
+                tracing::error!(node = %shared.lease.node_id, "another process holds this node's id");
+            }
+            if tick.is_multiple_of(shared.trim_every.as_secs().max(1)) {
+                shared.trimmer.run(&mut conn).await?;
+            }
+            Ok::<_, BusError>(())
+        }
+        .await;
+        let was = shared.ready.swap(ok.is_ok(), Ordering::Relaxed);
+        crate::metrics::get().ready.set(if ok.is_ok() { 1.0 } else { 0.0 });
+        match ok {
+            Ok(()) if !was => tracing::info!("redis reachable again"),
+            Err(e) if was => tracing::warn!(error = %e, "redis unreachable"),
+            _ => {}
+        }
+    }
+}
+
+fn published(id: u64) -> Published {
+    Published {
+        id,
+        ts: protocol::id::millis(id),
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, msg: NewMessage) -> Result<Published, BusError> {
+        let m = crate::metrics::get();
+        let key = self.shared.layout.room_key(&msg.room);
+        match self.shared.publisher.add(&key, &message_fields(&msg)).await {
+            Ok(id) => {
+                m.published.increment(1);
+                Ok(published(id))
+            }
+            Err(e) => {
+                m.publish_failures.increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    async fn publish_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Published, BusError>> {
+        // One pipeline per shard stream (a cluster routes a pipeline by its
+        // first key), all at once; order within a stream is kept.
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let key = self.shared.layout.room_key(&m.room);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        let runs = groups.iter().map(|(key, idx)| {
+            let fields: Vec<_> = idx.iter().map(|&i| message_fields(&msgs[i])).collect();
+            async move { self.shared.publisher.add_all(key, fields.iter().map(|f| &f[..])).await }
+        });
+        let results = futures_util::future::join_all(runs).await;
+        let m = crate::metrics::get();
+        let mut out: Vec<Option<Result<Published, BusError>>> = msgs.iter().map(|_| None).collect();
+        for ((_, idx), result) in groups.iter().zip(results) {
+            match result {
+                Ok(ids) => {
+                    m.published.increment(ids.len() as u64);
+                    for (&i, id) in idx.iter().zip(ids) {
+                        out[i] = Some(Ok(published(id)));
+                    }
+                }
+                Err(e) => {
+                    m.publish_failures.increment(idx.len() as u64);
+                    for &i in idx {
+                        out[i] = Some(Err(BusError::Unavailable(e.to_string())));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BusError::Unavailable("not published".into()))))
+            .collect()
+    }
+
+    async fn publish_event(
+        &self,
+        room: Arc<str>,
+        kind: EventKind,
+        user: Arc<str>,
+        origin_conn: Option<u64>,
+    ) -> Result<(), BusError> {
+        let origin = origin_conn.map(|c| origin(self.node_id(), c));
+        let fields = event_fields(&room, kind, &user, origin.as_deref());
+        let key = self.shared.layout.room_key(&room);
+        self.shared.publisher.add(&key, &fields).await.map(|_| ())
+    }
+
+    async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
+        self.window.replay(room, since, limit).await
+    }
+
+    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
+        self.window.history(room, page, limit).await
+    }
+
+    async fn watch(&self, room: &str) -> Result<(), BusError> {
+        self.readers.watch(room).await
+    }
+
+    fn unwatch(&self, room: &str) {
+        self.readers.unwatch(room)
+    }
+
+    async fn presence_changed(&self, room: &str, user: &str, present: bool) -> Result<(), BusError> {
+        self.presence.set(room, user, present).await
+    }
+
+    async fn presence(&self, room: &str) -> Result<Option<Vec<String>>, BusError> {
+        self.presence.members(room).await.map(Some)
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        Some(RedisBus::node_id(self))
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.shared.closed.is_cancelled() && self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        self.shared.closed.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        if let Ok(mut conn) = self.shared.pool.get().await {
+            self.shared.lease.release(&mut conn).await;
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The Redis Streams bus: any number of gateway nodes behave as one.
+//!
+//! Rooms map to a fixed number of shard streams by a stable hash; each
+//! stream key carries its own hash tag (`gw:{s7}`), so every command
+//! touches one slot and the streams spread over a Redis Cluster's masters.
+//! A room lives in exactly one stream, whose entry ids (`ms-seq`, strictly
+//! increasing) are its message ids, so every node sees one order.
+//!
+//! Where each concern lives:
+//! - [`conn`]: connections, the same on one server and on a Redis Cluster.
+//! - [`streams`]: key layout, which stream a room is in, the entry codec.
+//! - `publish`: `XADD`s on one shared multiplexed connection.
+//! - `readers`: one reading task per stream this node has members in.
+//! - `window`: history and replay from the stream window, merged with the
+//!   CQL store when there is one (the persister fills it; without one the
+//!   window is all a cluster keeps).
+//! - `trim`: trimming to the window, never past what is not yet stored.
+//! - `presence`: per-room sets of `node|user`.
+//! - `lease`: the node id lease and heartbeat key.
+//! - `bus`: [`RedisBus`], which puts them together behind [`crate::Bus`].
+
+mod bus;
+pub mod conn;
+mod lease;
+mod presence;
+mod publish;
+mod readers;
+pub mod streams;
+mod trim;
+mod window;
+
+pub use bus::{RedisBus, RedisBusConfig};
+pub use conn::Target;
+pub use streams::{StreamLayout, stream_of};

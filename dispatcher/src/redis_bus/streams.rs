@@ -1,0 +1,335 @@
+//! What the shard streams look like in Redis: their keys, which stream a
+//! room lives in, and the one codec of their entries. The bus, its readers,
+//! the window scans and the persister all read entries through [`Entry`].
+//!
+//! An entry's fields: `r` room, `f` sender (or the user of an event), `k`
+//! kind, `b` body (messages), `o` origin `node/connection` (events a client
+//! caused, so its own connection can skip them). Kinds: `m` stored message,
+//! `e` ephemeral message, `j` joined, `l` left, `t` typing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::Value;
+use redis::streams::StreamId;
+
+use crate::{Delivery, EventKind, NewMessage, StoredMessage};
+
+/// The consumer group every persister joins; trimming asks it how far the
+/// store has got.
+pub const PERSISTER_GROUP: &str = "persister";
+
+/// The shard streams of one deployment: a key prefix and how many streams
+/// rooms are spread over. Every node and persister must agree on both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLayout {
+    prefix: String,
+    count: u32,
+}
+
+impl StreamLayout {
+    /// `count` must be at least 1 (settings validate it).
+    pub fn new(prefix: impl Into<String>, count: u32) -> StreamLayout {
+        StreamLayout {
+            prefix: prefix.into(),
+            count: count.max(1),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// How many shard streams there are.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The key of stream `index`; its hash tag gives each stream its own
+    /// slot, so one command never spans two Redis Cluster slots.
+    pub fn key(&self, index: u32) -> String {
+        format!("{}:{{s{index}}}", self.prefix)
+    }
+
+    /// The stream `room` lives in.
+    pub fn stream_of(&self, room: &str) -> u32 {
+        stream_of(room, self.count)
+    }
+
+    /// The key of the stream `room` lives in.
+    pub fn room_key(&self, room: &str) -> String {
+        self.key(self.stream_of(room))
+    }
+
+    /// A node's heartbeat key: its id lease and proof of life for presence.
+    pub fn node_key(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.prefix)
+    }
+
+    /// The set of `node|user` present in `room`.
+    pub fn presence_key(&self, room: &str) -> String {
+        format!("{}:presence:{{{room}}}", self.prefix)
+    }
+}
+
+/// The stream of `room` among `count`: FNV-1a, stable across processes
+/// and versions, unlike `RandomState`.
+pub fn stream_of(room: &str, count: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(count.max(1))) as u32
+}
+
+/// A stream entry id (`ms-seq`) as a message id; `None` when the sequence
+/// does not fit its 22 bits.
+pub fn parse_entry_id(id: &str) -> Option<u64> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq) = (ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?);
+    (seq <= protocol::id::SEQ_MAX).then(|| protocol::id::pack(ms, seq))
+}
+
+/// A message id as a stream entry id.
+pub fn entry_id(id: u64) -> String {
+    format!("{}-{}", protocol::id::millis(id), protocol::id::seq(id))
+}
+
+/// A message's entry fields.
+pub fn message_fields(msg: &NewMessage) -> [(&'static str, &str); 4] {
+    let kind = if msg.ephemeral { "e" } else { "m" };
+    [
+        ("r", &*msg.room),
+        ("f", &*msg.from),
+        ("k", kind),
+        ("b", msg.body.as_str()),
+    ]
+}
+
+/// A room event's entry fields; `origin` is `node/connection`.
+pub fn event_fields<'a>(
+    room: &'a str,
+    kind: EventKind,
+    user: &'a str,
+    origin: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
+    let k = match kind {
+        EventKind::Joined => "j",
+        EventKind::Left => "l",
+        EventKind::Typing => "t",
+    };
+    let mut fields = vec![("r", room), ("f", user), ("k", k)];
+    if let Some(o) = origin {
+        fields.push(("o", o));
+    }
+    fields
+}
+
+/// The origin field of an event a local connection caused.
+pub fn origin(node_id: &str, connection: u64) -> String {
+    format!("{node_id}/{connection}")
+}
+
+/// One decoded stream entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A message: stored unless `ephemeral`.
+    Message { msg: StoredMessage, ephemeral: bool },
+    /// A room event, never stored.
+    Event {
+        room: String,
+        kind: EventKind,
+        user: String,
+        /// `(node, connection)` that caused it.
+        origin: Option<(String, u64)>,
+    },
+}
+
+impl Entry {
+    /// `None` for entries this version does not know or that are malformed.
+    pub fn decode(entry: &StreamId) -> Option<Entry> {
+        let id = parse_entry_id(&entry.id)?;
+        let room = field(&entry.map, "r")?;
+        let from = field(&entry.map, "f")?;
+        let kind = field(&entry.map, "k")?;
+        Some(match kind.as_str() {
+            "m" | "e" => Entry::Message {
+                msg: StoredMessage {
+                    room,
+                    id,
+                    from,
+                    ts: protocol::id::millis(id),
+                    body: field(&entry.map, "b")?,
+                },
+                ephemeral: kind == "e",
+            },
+            "j" | "l" | "t" => Entry::Event {
+                room,
+                kind: match kind.as_str() {
+                    "j" => EventKind::Joined,
+                    "l" => EventKind::Left,
+                    _ => EventKind::Typing,
+                },
+                user: from,
+                origin: field(&entry.map, "o").and_then(|o| {
+                    let (node, conn) = o.rsplit_once('/')?;
+                    Some((node.to_string(), conn.parse().ok()?))
+                }),
+            },
+            _ => return None,
+        })
+    }
+
+    /// The message to store, for stored (`m`) entries.
+    pub fn into_stored(self) -> Option<StoredMessage> {
+        match self {
+            Entry::Message { msg, ephemeral: false } => Some(msg),
+            _ => None,
+        }
+    }
+
+    /// What node `node_id` hands its sink: an event keeps its origin
+    /// connection only on the node that connection is on.
+    pub fn into_delivery(self, node_id: &str) -> Delivery {
+        match self {
+            Entry::Message { msg, ephemeral } => Delivery::Message {
+                msg: Arc::new(msg),
+                ephemeral,
+            },
+            Entry::Event {
+                room,
+                kind,
+                user,
+                origin,
+            } => Delivery::Event {
+                room: room.into(),
+                kind,
+                user: user.into(),
+                origin: origin.and_then(|(node, conn)| (node == node_id).then_some(conn)),
+            },
+        }
+    }
+}
+
+/// Whether `entry` is a stored message of `room`, checked without copying
+/// its fields (window scans pass over every other room of the stream).
+pub fn is_stored_in(entry: &StreamId, room: &str) -> bool {
+    let is = |name: &str, want: &[u8]| match entry.map.get(name) {
+        Some(Value::BulkString(b)) => b.as_slice() == want,
+        Some(Value::SimpleString(s)) => s.as_bytes() == want,
+        _ => false,
+    };
+    is("r", room.as_bytes()) && is("k", b"m")
+}
+
+fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
+    match map.get(name)? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A RESP2 flat array or RESP3 map (`XINFO` replies) as key/value pairs.
+pub(crate) fn flat_map(v: Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [Value::BulkString(k), v] => Some((String::from_utf8_lossy(k).into_owned(), v.clone())),
+                [Value::SimpleString(k), v] => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(items) => items
+            .into_iter()
+            .filter_map(|(k, v)| redis::from_redis_value::<String>(k).ok().map(|k| (k, v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The value of `name` in a [`flat_map`], as `T`.
+pub(crate) fn lookup<T: redis::FromRedisValue>(pairs: &[(String, Value)], name: &str) -> Option<T> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| redis::from_redis_value::<T>(v.clone()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> StreamId {
+        StreamId {
+            id: id.into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stream_hash_and_ids_are_stable() {
+        // Every node and every version must map a room to the same stream.
+        assert_eq!(stream_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u32);
+        assert_eq!(entry_id(parse_entry_id("1700000000000-7").unwrap()), "1700000000000-7");
+        assert_eq!(parse_entry_id("12-99999999"), None, "sequence beyond 22 bits");
+        let layout = StreamLayout::new("gw", 16);
+        assert_eq!(layout.key(7), "gw:{s7}");
+        assert_eq!(layout.room_key("lobby"), layout.key(stream_of("lobby", 16)));
+    }
+
+    #[test]
+    fn messages_and_events_round_trip() {
+        let msg = NewMessage {
+            room: "lobby".into(),
+            from: "ann".into(),
+            body: r#"{"t":1}"#.into(),
+            ephemeral: false,
+        };
+        let e = Entry::decode(&entry("5-1", &message_fields(&msg))).unwrap();
+        let stored = e.clone().into_stored().unwrap();
+        assert_eq!(
+            (stored.room.as_str(), stored.from.as_str(), stored.body.as_str()),
+            ("lobby", "ann", r#"{"t":1}"#)
+        );
+        assert_eq!(stored.id, protocol::id::pack(5, 1));
+        assert_eq!(stored.ts, 5);
+        assert!(is_stored_in(&entry("5-1", &message_fields(&msg)), "lobby"));
+        assert!(!is_stored_in(&entry("5-1", &message_fields(&msg)), "other"));
+
+        let eph = NewMessage { ephemeral: true, ..msg };
+        let e = Entry::decode(&entry("5-2", &message_fields(&eph))).unwrap();
+        assert!(e.clone().into_stored().is_none(), "ephemeral messages are not stored");
+        assert!(matches!(
+            e.into_delivery("gw-0"),
+            Delivery::Message { ephemeral: true, .. }
+        ));
+
+        let o = origin("gw-1", 42);
+        let typing = entry("6-0", &event_fields("lobby", EventKind::Typing, "bob", Some(&o)));
+        let e = Entry::decode(&typing).unwrap();
+        assert!(e.clone().into_stored().is_none());
+        assert!(matches!(
+            e.clone().into_delivery("gw-1"),
+            Delivery::Event {
+                kind: EventKind::Typing,
+                origin: Some(42),
+                ..
+            }
+        ));
+        assert!(
+            matches!(e.into_delivery("gw-2"), Delivery::Event { origin: None, .. }),
+            "another node's connection"
+        );
+        assert_eq!(
+            Entry::decode(&entry("7-0", &[("r", "x"), ("f", "u"), ("k", "?")])),
+            None
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! Trimming the shard streams to the window, and the persister's lag.
+//!
+//! Without a store, `XADD` trims by count as it appends (see
+//! [`super::publish`]); this trims by age. With a store, this is the only
+//! trimming: by age and about `maxlen` entries, but never past the oldest
+//! entry the persister (consumer group [`PERSISTER_GROUP`]) still needs, so
+//! an acknowledged message is in the stream or in the store, always.
+
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::ConnectionLike;
+
+use super::conn::redis_error;
+use super::streams::{PERSISTER_GROUP, StreamLayout, entry_id, flat_map, lookup, parse_entry_id};
+use super::window::StreamInfo;
+use crate::BusError;
+
+pub(crate) struct Trimmer {
+    pub(crate) layout: StreamLayout,
+    /// Approximate entries kept per stream.
+    pub(crate) maxlen: usize,
+    /// Entries older than this go (zero: by count only).
+    pub(crate) max_age: Duration,
+    /// A persister stores the streams: keep what it has not stored.
+    pub(crate) with_store: bool,
+}
+
+impl Trimmer {
+    /// Trims every shard stream once.
+    pub(crate) async fn run(&self, conn: &mut impl ConnectionLike) -> Result<(), BusError> {
+        let age_cut = if self.max_age.is_zero() {
+            0
+        } else {
+            protocol::id::pack(
+                protocol::id::now_ms().saturating_sub(self.max_age.as_millis() as u64),
+                0,
+            )
+        };
+        let mut lag = 0;
+        for index in 0..self.layout.count() {
+            let key = self.layout.key(index);
+            let Some(info) = StreamInfo::read(conn, &key).await? else {
+                continue;
+            };
+            let mut cut = age_cut;
+            if self.with_store {
+                cut = cut.max(self.count_cut(&info));
+                match persisted_below(conn, &key).await? {
+                    Some((safe, behind)) => {
+                        cut = cut.min(safe);
+                        lag += behind;
+                    }
+                    // No persister has read this stream yet: keep it all.
+                    None => continue,
+                }
+            }
+            if cut > info.first {
+                redis::cmd("XTRIM")
+                    .arg(&key)
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(entry_id(cut))
+                    .query_async::<i64>(conn)
+                    .await
+                    .map_err(|e| redis_error("XTRIM", e))?;
+            }
+        }
+        if self.with_store {
+            crate::metrics::get().persister_lag.set(lag as f64);
+        }
+        crate::metrics::get().trim_runs.increment(1);
+        Ok(())
+    }
+
+    /// The id below which about `maxlen` newest entries remain: ids are
+    /// timestamps, so the cut between first and last is proportional to
+    /// the excess.
+    fn count_cut(&self, info: &StreamInfo) -> u64 {
+        let maxlen = self.maxlen as u64;
+        if info.length <= maxlen {
+            return 0;
+        }
+        let (first, last) = (protocol::id::millis(info.first), protocol::id::millis(info.last));
+        let excess = info.length - maxlen;
+        let ms = first + (last.saturating_sub(first) as u128 * excess as u128 / info.length as u128) as u64;
+        protocol::id::pack(ms, 0)
+    }
+}
+
+/// The lowest id the persister still needs (everything below is stored),
+/// and how many entries it has not read yet; `None` before any persister
+/// has read the stream.
+async fn persisted_below(conn: &mut impl ConnectionLike, key: &str) -> Result<Option<(u64, u64)>, BusError> {
+    let groups: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .map_err(|e| redis_error("XINFO GROUPS", e))?;
+    let Value::Array(groups) = groups else { return Ok(None) };
+    for g in groups {
+        let fields = flat_map(g);
+        let text = |name: &str| lookup::<String>(&fields, name);
+        if text("name").as_deref() != Some(PERSISTER_GROUP) {
+            continue;
+        }
+        let delivered = text("last-delivered-id")
+            .and_then(|id| parse_entry_id(&id))
+            .unwrap_or(0);
+        let pending: u64 = text("pending").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let behind: u64 = text("lag").and_then(|p| p.parse().ok()).unwrap_or(0);
+        if pending == 0 {
+            return Ok(Some((delivered + 1, behind)));
+        }
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(PERSISTER_GROUP)
+            .query_async(conn)
+            .await
+            .map_err(|e| redis_error("XPENDING", e))?;
+        let oldest = match summary {
+            Value::Array(parts) => parts
+                .get(1)
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()),
+            _ => None,
+        };
+        let oldest = oldest.and_then(|id| parse_entry_id(&id)).unwrap_or(0);
+        return Ok(Some((oldest.min(delivered + 1), behind)));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_cut_keeps_about_maxlen_newest() {
+        let t = Trimmer {
+            layout: StreamLayout::new("gw", 1),
+            maxlen: 100,
+            max_age: Duration::ZERO,
+            with_store: true,
+        };
+        let info = |length, first_ms, last_ms| StreamInfo {
+            last_id: String::new(),
+            length,
+            last: protocol::id::pack(last_ms, 0),
+            max_deleted: 0,
+            first: protocol::id::pack(first_ms, 0),
+            removed_any: false,
+        };
+        assert_eq!(t.count_cut(&info(100, 1000, 2000)), 0, "within maxlen: no cut");
+        // 400 entries over 1000..2000 ms, keep 100: cut three quarters in.
+        assert_eq!(t.count_cut(&info(400, 1000, 2000)), protocol::id::pack(1750, 0));
+    }
+}

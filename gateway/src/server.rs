@@ -1,0 +1,184 @@
+//! [`run`]: one node from start to drained. It builds the node's backend
+//! (the bus, the history store, the persister, chosen by the settings),
+//! accepts connections until the shutdown token is cancelled, then drains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatcher::Bus;
+use dispatcher::inprocess::InProcessBus;
+use dispatcher::persister::PersisterConfig;
+use dispatcher::redis_bus::RedisBus;
+use storage::{CqlStore, EmbeddedStore, HistoryStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{GatewayError, Node, Settings, auth, http, hub, metrics};
+
+/// How long the persister may take to finish its batch after the drain.
+const PERSISTER_STOP: Duration = Duration::from_secs(5);
+
+/// Serves `listener` until `shutdown` is cancelled, then drains: `/readyz`
+/// answers 503, new upgrades are refused, clients get close 1001 after
+/// their in-flight requests, and the bus finishes what it accepted, all
+/// within the configured grace period.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), GatewayError> {
+    let prometheus = metrics::install();
+    let c = &settings.config;
+    let hub = hub::Hub::new(settings.shards, c.outbound_queue);
+    let sink = Arc::new(hub::Router { hub: hub.clone() });
+    let backend = Backend::start(&settings, sink).await?;
+    // The persister outlives the drain: it stops after the bus is closed.
+    let persister_stop = CancellationToken::new();
+    let persister = backend
+        .persister
+        .map(|(cfg, store)| tokio::spawn(dispatcher::persister::run(cfg, store, persister_stop.clone())));
+    let addr = listener.local_addr().map_err(GatewayError::Listener)?;
+    tracing::info!(
+        %addr,
+        node = %backend.node_id,
+        bus = if settings.cluster.redis.is_some() { "redis" } else { "in-process" },
+        store = backend.store,
+        persister = persister.is_some(),
+        shards = settings.shards,
+        anonymous = settings.anonymous,
+        jwt = settings.jwt.as_ref().map(|j| format!("{:?}", j.algorithm)).unwrap_or_else(|| "off".into()),
+        data_dir = %c.data_dir.display(),
+        "gateway node serving"
+    );
+    let grace = c.shutdown_grace;
+    let node = Arc::new(Node {
+        node_id: backend.node_id,
+        auth: auth::Authenticator::new(&settings),
+        settings,
+        hub,
+        bus: backend.bus,
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+        prometheus,
+    });
+    serve(&node, listener, grace).await;
+    node.bus.close().await;
+    stop_persister(persister, persister_stop).await;
+    tracing::info!("drained");
+    Ok(())
+}
+
+/// The bus and store this node runs on.
+struct Backend {
+    bus: Arc<dyn Bus>,
+    /// Configured, leased in Redis, or `gw-0`.
+    node_id: String,
+    /// Where history comes from (for the start-up log).
+    store: &'static str,
+    /// The persister to run here, with the store it fills.
+    persister: Option<(PersisterConfig, Arc<dyn HistoryStore>)>,
+}
+
+impl Backend {
+    /// Redis configured: the Redis bus, with the CQL store behind its window
+    /// if there is one (and this node's persister filling it). Otherwise the
+    /// in-process bus on the CQL store or the embedded one.
+    async fn start(settings: &Settings, sink: Arc<hub::Router>) -> Result<Backend, GatewayError> {
+        let c = &settings.config;
+        let cluster = &settings.cluster;
+        let cql: Option<Arc<dyn HistoryStore>> = match &cluster.scylla {
+            Some(cfg) => Some(Arc::new(CqlStore::connect(cfg).await?)),
+            None => None,
+        };
+        let Some(bus_config) = cluster.bus_config(c.node_id.clone()) else {
+            let (store, kind): (Arc<dyn HistoryStore>, _) = match cql {
+                Some(store) => (store, "cql"),
+                None => (Arc::new(EmbeddedStore::open(&c.data_dir)?), "embedded"),
+            };
+            return Ok(Backend {
+                bus: Arc::new(InProcessBus::new(store, sink)),
+                node_id: c.node_id.clone().unwrap_or_else(|| "gw-0".into()),
+                store: kind,
+                persister: None,
+            });
+        };
+        let bus = RedisBus::connect(bus_config, sink, cql.clone()).await?;
+        let node_id = bus.node_id().to_string();
+        let persister = match cql {
+            None => {
+                tracing::warn!(
+                    entries_per_stream = cluster.args.stream_maxlen,
+                    max_age = ?cluster.args.stream_max_age,
+                    "Redis without ScyllaDB: history and recovery reach back only as far as the stream window"
+                );
+                None
+            }
+            Some(store) if c.persister => cluster.persister_config(node_id.clone()).map(|cfg| (cfg, store)),
+            Some(_) => {
+                tracing::info!("persister off here: standalone dispatchers store the streams");
+                None
+            }
+        };
+        Ok(Backend {
+            bus: Arc::new(bus),
+            node_id,
+            store: if cluster.scylla.is_some() {
+                "cql"
+            } else {
+                "stream window"
+            },
+            persister,
+        })
+    }
+}
+
+/// Accepts connections until shutdown, then waits for them to drain, at
+/// most `grace` (connections accepted meanwhile only get 503s).
+async fn serve(node: &Arc<Node>, listener: TcpListener, grace: Duration) {
+    let accept = {
+        let node = node.clone();
+        async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        // Connections accepted while draining only get 503s;
+                        // the drain does not wait for them.
+                        if node.shutdown.is_cancelled() {
+                            tokio::spawn(http::serve_connection(node.clone(), stream));
+                        } else {
+                            node.tracker.spawn(http::serve_connection(node.clone(), stream));
+                        }
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning on the error.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(accept);
+    tokio::select! {
+        _ = &mut accept => {}
+        _ = node.shutdown.cancelled() => {}
+    }
+    tracing::info!(grace = ?grace, "draining");
+    node.tracker.close();
+    let drained = tokio::select! {
+        _ = &mut accept => false,
+        r = tokio::time::timeout(grace, node.tracker.wait()) => r.is_ok(),
+    };
+    if !drained {
+        tracing::warn!(
+            left = node.tracker.len(),
+            "grace period over; closing the remaining connections"
+        );
+    }
+}
+
+async fn stop_persister(task: Option<JoinHandle<()>>, stop: CancellationToken) {
+    stop.cancel();
+    if let Some(task) = task {
+        let _ = tokio::time::timeout(PERSISTER_STOP, task).await;
+    }
+}
