@@ -8,11 +8,12 @@
 //!   node shares.
 //! - [`http`]: hyper 1 routes; `/ws` upgrades hand the raw socket to
 //!   [`conn`], one small task per connection.
-//! - [`conn`]: one connection in two layers: the socket (`conn/socket.rs`:
-//!   the wait, read bursts, writes, the close) and the request handling
-//!   (`conn/session.rs`: state, frames to requests, replies and errors,
-//!   rate limits), with the ops one file per family under `conn/ops/`
-//!   (auth, rooms, send, history, presence) behind one dispatch table.
+//! - [`conn`]: one connection, in layers that depend one way: the socket
+//!   (`conn/socket.rs`: the wait, read bursts, writes, the close), frames
+//!   to requests (`conn/frames.rs`), the ops one file per family under
+//!   `conn/ops/` (auth, rooms, send, history, presence) behind one dispatch
+//!   table, and the connection's state (`conn/session.rs`: identity, rooms,
+//!   rate limits, replies and errors).
 //! - [`hub`]: connection shards with their room indexes, the node-wide room
 //!   registry (routing, presence), and the router that turns bus deliveries
 //!   into WebSocket frames once per node.

@@ -1,25 +1,26 @@
-//! One client connection: a single task, small while idle, in two layers
-//! that do not import each other's internals.
+//! One client connection: a single task, small while idle, in layers
+//! that depend one way (socket -> frames -> ops -> session -> end):
 //!
 //! - [`socket`]: the transport. The task's wait (socket readiness, queue
 //!   signal, one timer, shutdown), read bursts of WebSocket frames, writes
 //!   of the outbound queue, the close handshake. It knows frames, not
-//!   requests, and drives the session through its socket-facing methods
-//!   only.
-//! - [`session`]: request handling. [`session::Session`] holds the
-//!   connection's state, turns frames into requests, and answers with
-//!   frames queued on its `hub::ConnHandle`; it never sees the socket.
+//!   requests.
+//! - [`frames`]: frames in: control frames, reassembly, text messages
+//!   parsed into requests and handed to the op table.
 //! - [`ops`]: the handlers, one file per op family (`auth`, `rooms`,
 //!   `send`, `history`, `presence`), and the dispatch table. Adding an op
 //!   touches the `protocol` parser, its arm in the table, and its family's
 //!   file (plus tests). The send family's pipeline is the one the socket
 //!   layer also calls: sends are batched per read burst.
+//! - [`session`]: the connection's state and how it answers (replies and
+//!   errors queued on its `hub::ConnHandle`); it never sees the socket.
 //! - [`end`]: [`end::End`], how a connection ends: decided by handlers,
 //!   carried out by the socket layer.
 //!
 //! [`serve`] ties them together for one upgraded connection.
 
 mod end;
+mod frames;
 mod ops;
 mod session;
 mod socket;

@@ -1,31 +1,25 @@
-//! The connection's request handling: [`Session`] holds its state (identity,
-//! rooms, timers, rate buckets, bad-frame count, sends waiting to be
-//! published), turns frames into requests, and answers them with replies and
-//! errors queued on the connection's [`ConnHandle`]. It never sees the
-//! socket.
-//!
-//! Its two sides:
-//! - for the socket layer ([`super::socket`]): `on_frame`, `on_timer` and
+//! The connection's state: [`Session`] holds its identity, rooms, timers,
+//! rate buckets, bad-frame count and the sends waiting to be published,
+//! and answers with replies and errors queued on the connection's
+//! [`ConnHandle`]. It never sees the socket, and imports neither the frame
+//! handling ([`super::frames`]) nor the ops ([`super::ops`]): both extend it
+//! (`impl Session` blocks) and build on what it offers:
+//! - to the socket layer ([`super::socket`]): `on_timer` and
 //!   `next_deadline`, `wants` (whether a queued delivery still goes out),
 //!   the decided end (`take_end`, `ending`), `handle`, `node`, `settings`,
-//!   `auth_deadline`, and the send pipeline of a read burst (`sends_due`,
-//!   `flush_sends`, in the send family of [`super::ops`]);
-//! - for the op handlers ([`super::ops`], each an `impl Session` block):
-//!   `reply`, `error`, `rate_ok`, `joined`, and the `pub(super)` fields.
-//!
-//! `on_text` parses a request and hands it to `dispatch` in
-//! [`super::ops`], the table of ops.
+//!   `auth_deadline`;
+//! - to frames and ops: `reply`, `error`, `bad_frame`, `rate_ok`, `joined`,
+//!   and the `pub(super)` fields.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastwebsockets::{CloseCode, Frame, OpCode};
+use dispatcher::NewMessage;
 use protocol::encode::error_reply;
 use protocol::{ErrorCode, close};
 use tokio::time::Instant;
 
 use super::end::End;
-use super::ops::PendingSend;
 use crate::Node;
 use crate::auth::{AuthError, Identity};
 use crate::config::Config;
@@ -65,6 +59,13 @@ impl Bucket {
     }
 }
 
+/// A `send` checked and waiting to be published with the others of its
+/// read burst (see `ops::send`).
+pub(super) struct PendingSend {
+    pub(super) id: Option<i64>,
+    pub(super) msg: NewMessage,
+}
+
 /// A room this connection is in.
 pub(super) struct Joined {
     pub(super) room: Arc<str>,
@@ -78,10 +79,10 @@ pub(super) struct Session {
     pub(super) identity: Option<Identity>,
     pub(super) rooms: Vec<Joined>,
     auth_deadline: Instant,
-    last_rx: Instant,
+    pub(super) last_rx: Instant,
     last_ping: Instant,
     /// A fragmented text message being reassembled.
-    fragments: Option<Vec<u8>>,
+    pub(super) fragments: Option<Vec<u8>>,
     bad_frames: u32,
     bad_window: Instant,
     /// `send` and `typing`.
@@ -215,7 +216,7 @@ impl Session {
     }
 
     /// Counts a malformed or invalid frame; too many in a window closes 1008.
-    fn bad_frame(&mut self) {
+    pub(super) fn bad_frame(&mut self) {
         let now = Instant::now();
         if now.duration_since(self.bad_window) > BAD_FRAME_WINDOW {
             self.bad_window = now;
@@ -246,86 +247,5 @@ impl Session {
             self.end = Some(End::Close(close::RATE_LIMITED, "rate limited too long"));
         }
         false
-    }
-
-    /// Handles one frame read from the socket: control frames, reassembly
-    /// of fragmented messages, and text messages as requests.
-    pub(super) async fn on_frame(&mut self, frame: Frame<'_>) {
-        metrics::get().frames_received.increment(1);
-        self.last_rx = Instant::now();
-        let max = self.settings().max_frame_bytes;
-        match frame.opcode {
-            OpCode::Text => {
-                if self.fragments.is_some() {
-                    self.end = Some(End::Close(
-                        close::PROTOCOL_ERROR,
-                        "new message before the last one ended",
-                    ));
-                } else if frame.fin {
-                    let mut payload = frame.payload;
-                    self.on_text(payload.to_mut()).await;
-                } else {
-                    self.fragments = Some(frame.payload.to_vec());
-                }
-            }
-            OpCode::Binary => {
-                self.end = Some(End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported"));
-            }
-            OpCode::Continuation => {
-                let Some(mut message) = self.fragments.take() else {
-                    self.end = Some(End::Close(
-                        close::PROTOCOL_ERROR,
-                        "continuation frame without a message",
-                    ));
-                    return;
-                };
-                if message.len() + frame.payload.len() > max {
-                    self.end = Some(End::Close(close::TOO_BIG, "message too big"));
-                    return;
-                }
-                message.extend_from_slice(&frame.payload);
-                if !frame.fin {
-                    self.fragments = Some(message);
-                } else if std::str::from_utf8(&message).is_err() {
-                    self.end = Some(End::Close(close::INVALID_PAYLOAD, "invalid UTF-8"));
-                } else {
-                    self.on_text(&mut message).await;
-                }
-            }
-            OpCode::Ping => self.handle.push_own(ws::pong_frame(&frame.payload)),
-            OpCode::Pong => {}
-            OpCode::Close => {
-                let code = match frame.payload.get(..2) {
-                    None if frame.payload.is_empty() => 1000,
-                    None => close::PROTOCOL_ERROR,
-                    Some(b) => {
-                        let code = u16::from_be_bytes([b[0], b[1]]);
-                        if CloseCode::from(code).is_allowed() {
-                            code
-                        } else {
-                            close::PROTOCOL_ERROR
-                        }
-                    }
-                };
-                // Echo the client's code, as RFC 6455 asks.
-                self.end = Some(End::Close(code, ""));
-            }
-        }
-    }
-
-    /// Parses one text message and hands the request to its handler; a
-    /// malformed one is answered `bad_request` and counted.
-    async fn on_text(&mut self, buf: &mut [u8]) {
-        let (id, req) = match protocol::parse_request(buf) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                self.flush_sends().await;
-                self.error(e.id, e.code, &e.message);
-                self.bad_frame();
-                return;
-            }
-        };
-        metrics::request(req.op());
-        self.dispatch(id, req).await;
     }
 }

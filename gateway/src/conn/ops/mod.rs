@@ -22,8 +22,6 @@ mod send;
 use protocol::encode::Obj;
 use protocol::{ErrorCode, Request};
 
-pub(super) use send::PendingSend;
-
 use super::session::Session;
 
 impl Session {

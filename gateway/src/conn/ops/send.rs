@@ -9,18 +9,11 @@ use protocol::encode::Obj;
 use tokio::time::Instant;
 
 use crate::auth::Identity;
-use crate::conn::session::Session;
+use crate::conn::session::{PendingSend, Session};
 use crate::metrics;
 
 /// Sends published in one batch at most.
 const MAX_SEND_BATCH: usize = 64;
-
-/// A `send` checked and waiting to be published with the others of its
-/// read burst.
-pub(in crate::conn) struct PendingSend {
-    id: Option<i64>,
-    msg: NewMessage,
-}
 
 impl Session {
     /// Checks a send and queues it for the burst's batch.

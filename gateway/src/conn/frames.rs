@@ -1,0 +1,96 @@
+//! Frames in: control frames, reassembly of fragmented messages (with the
+//! message size limit fastwebsockets does not enforce across fragments),
+//! and text messages parsed into requests and handed to the op table
+//! ([`super::ops`]). The socket layer calls [`Session::on_frame`] for each
+//! frame of a read burst.
+
+use fastwebsockets::{CloseCode, Frame, OpCode};
+use protocol::close;
+use tokio::time::Instant;
+
+use super::end::End;
+use super::session::Session;
+use crate::{metrics, ws};
+
+impl Session {
+    /// Handles one frame read from the socket: control frames, reassembly
+    /// of fragmented messages, and text messages as requests.
+    pub(super) async fn on_frame(&mut self, frame: Frame<'_>) {
+        metrics::get().frames_received.increment(1);
+        self.last_rx = Instant::now();
+        let max = self.settings().max_frame_bytes;
+        match frame.opcode {
+            OpCode::Text => {
+                if self.fragments.is_some() {
+                    self.end = Some(End::Close(
+                        close::PROTOCOL_ERROR,
+                        "new message before the last one ended",
+                    ));
+                } else if frame.fin {
+                    let mut payload = frame.payload;
+                    self.on_text(payload.to_mut()).await;
+                } else {
+                    self.fragments = Some(frame.payload.to_vec());
+                }
+            }
+            OpCode::Binary => {
+                self.end = Some(End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported"));
+            }
+            OpCode::Continuation => {
+                let Some(mut message) = self.fragments.take() else {
+                    self.end = Some(End::Close(
+                        close::PROTOCOL_ERROR,
+                        "continuation frame without a message",
+                    ));
+                    return;
+                };
+                if message.len() + frame.payload.len() > max {
+                    self.end = Some(End::Close(close::TOO_BIG, "message too big"));
+                    return;
+                }
+                message.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    self.fragments = Some(message);
+                } else if std::str::from_utf8(&message).is_err() {
+                    self.end = Some(End::Close(close::INVALID_PAYLOAD, "invalid UTF-8"));
+                } else {
+                    self.on_text(&mut message).await;
+                }
+            }
+            OpCode::Ping => self.handle.push_own(ws::pong_frame(&frame.payload)),
+            OpCode::Pong => {}
+            OpCode::Close => {
+                let code = match frame.payload.get(..2) {
+                    None if frame.payload.is_empty() => 1000,
+                    None => close::PROTOCOL_ERROR,
+                    Some(b) => {
+                        let code = u16::from_be_bytes([b[0], b[1]]);
+                        if CloseCode::from(code).is_allowed() {
+                            code
+                        } else {
+                            close::PROTOCOL_ERROR
+                        }
+                    }
+                };
+                // Echo the client's code, as RFC 6455 asks.
+                self.end = Some(End::Close(code, ""));
+            }
+        }
+    }
+
+    /// Parses one text message and hands the request to its handler; a
+    /// malformed one is answered `bad_request` and counted.
+    async fn on_text(&mut self, buf: &mut [u8]) {
+        let (id, req) = match protocol::parse_request(buf) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.flush_sends().await;
+                self.error(e.id, e.code, &e.message);
+                self.bad_frame();
+                return;
+            }
+        };
+        metrics::request(req.op());
+        self.dispatch(id, req).await;
+    }
+}
