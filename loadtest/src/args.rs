@@ -119,6 +119,8 @@ pub struct Args {
 }
 
 impl Args {
+    /// Refuses combinations a run cannot honour, before anything connects
+    /// (the binary exits 64 on these).
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.connections == 0 || self.rooms == 0 || self.rooms > self.connections {
             bail!("--rooms must be from 1 to --connections");

@@ -16,6 +16,7 @@ use crate::args::Args;
 use crate::stats::{Counters, Latency, Snapshot};
 use crate::tally::Tally;
 
+/// One run's state, behind an `Arc` in every task of the run.
 pub(crate) struct Shared {
     pub(crate) args: Args,
     pub(crate) counters: Counters,
