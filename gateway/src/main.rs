@@ -1,6 +1,8 @@
 //! The `gateway` binary: configuration, logging, signals; the node itself
 //! is [`gateway::run`].
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use dispatcher::settings::EXIT_CONFIG;

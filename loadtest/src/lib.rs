@@ -27,6 +27,8 @@
 //!   per scenario (`fanout` with `reconnect`, `history`, `churn`).
 //! - [`workers`]: the parent of `--workers`, and a worker's entry point.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod conn;
 mod link;

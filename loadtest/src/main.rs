@@ -1,6 +1,8 @@
 //! The `loadtest` binary: parse, run (in this process, or split over worker
 //! processes), report, apply thresholds.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
