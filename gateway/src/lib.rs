@@ -36,18 +36,6 @@ mod server;
 mod view;
 pub mod ws;
 
-use storage::StorageError;
-
 pub use config::{Config, ConfigError, Settings};
 pub use node::Node;
-pub use server::run;
-
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error("starting the bus: {0}")]
-    Bus(#[from] dispatcher::BusError),
-    #[error("listener {0}")]
-    Listener(std::io::Error),
-}
+pub use server::{GatewayError, run};

@@ -9,13 +9,26 @@ use dispatcher::Bus;
 use dispatcher::inprocess::InProcessBus;
 use dispatcher::persister::PersisterConfig;
 use dispatcher::redis_bus::RedisBus;
-use storage::{CqlStore, EmbeddedStore, HistoryStore};
+use storage::{CqlStore, EmbeddedStore, HistoryStore, StorageError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{GatewayError, Node, Settings, auth, http, hub, metrics};
+use crate::config::Settings;
+use crate::node::Node;
+use crate::{auth, http, hub, metrics};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("starting the bus: {0}")]
+    Bus(#[from] dispatcher::BusError),
+    #[error("listener {0}")]
+    Listener(std::io::Error),
+}
 
 /// How long the persister may take to finish its batch after the drain.
 const PERSISTER_STOP: Duration = Duration::from_secs(5);

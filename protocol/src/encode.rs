@@ -4,7 +4,7 @@
 //! path (one `msg` event per message per node), and their shapes are fixed
 //! by PROTOCOL.md. Strings go through serde_json's escaper.
 
-use crate::ErrorCode;
+use crate::codes::ErrorCode;
 
 /// A JSON object under construction: `Obj::new("ok").id(id).str("room", r).finish()`.
 pub struct Obj {

@@ -5,58 +5,16 @@
 //! - [`encode`] writes replies and server events as JSON text, once per
 //!   message, so the gateway can hand the same bytes to every connection.
 //! - [`room`] validates room names and matches the `rooms` claim patterns.
+//! - [`codes`]: the error codes and WebSocket close codes PROTOCOL.md names.
 //! - [`id`] packs message ids (milliseconds and a sequence) into 64 bits.
 
 #![forbid(unsafe_code)]
 
+pub mod codes;
 pub mod encode;
 pub mod id;
 pub mod request;
 pub mod room;
 
-pub use request::{ParseError, Request, parse_request};
-
-/// Error codes of `{"op":"error"}` replies, as PROTOCOL.md names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    RateLimited,
-    TooLarge,
-    Unavailable,
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
-
-/// WebSocket close codes PROTOCOL.md gives meaning to.
-pub mod close {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const UNAUTHORIZED: u16 = 4001;
-    pub const SLOW_CONSUMER: u16 = 4008;
-    pub const RATE_LIMITED: u16 = 4029;
-}
-
-/// Most messages `history` returns in one page, and the default page.
-pub const HISTORY_MAX_LIMIT: usize = 500;
-pub const HISTORY_DEFAULT_LIMIT: usize = 50;
+pub use codes::{ErrorCode, close};
+pub use request::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, ParseError, Request, parse_request};

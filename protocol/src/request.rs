@@ -7,8 +7,12 @@
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 
+use crate::codes::ErrorCode;
 use crate::room::is_valid_room;
-use crate::{ErrorCode, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT};
+
+/// Most messages `history` returns in one page, and the default page.
+pub const HISTORY_MAX_LIMIT: usize = 500;
+pub const HISTORY_DEFAULT_LIMIT: usize = 50;
 
 /// Which page of a room's history `history` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
