@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use gateway::hub::{ConnHandle, Outgoing, fan_out};
+use gateway::hub::{ConnHandle, Outgoing, QueueLimits, fan_out};
 use protocol::encode::{MsgView, msg_event};
 
 fn decode(c: &mut Criterion) {
@@ -56,7 +56,15 @@ fn fanout(c: &mut Criterion) {
     }));
     for n in [10usize, 1_000, 10_000] {
         let members: Vec<Arc<ConnHandle>> = (0..n as u64)
-            .map(|id| Arc::new(ConnHandle::detached(id + 1, 1 << 20)))
+            .map(|id| {
+                Arc::new(ConnHandle::detached(
+                    id + 1,
+                    QueueLimits {
+                        deliveries: 1 << 20,
+                        bytes: usize::MAX,
+                    },
+                ))
+            })
             .collect();
         let out = Arc::new(Outgoing {
             room: "r".into(),

@@ -112,6 +112,18 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
+    /// Memory one connection may pin in its outbound queue (replies,
+    /// replays and deliveries not yet written); past it the connection is
+    /// closed with 4008. A history page or replay larger than half of it
+    /// is refused instead (`too_large`, `recovered: false`).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTION_BYTES", default_value_t = 4 << 20)]
+    pub max_connection_bytes: usize,
+
+    /// A connection whose queued output the socket takes none of for this
+    /// long is closed with 4008 (a client that stopped reading).
+    #[arg(long, env = "GATEWAY_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
     /// Most missed messages `join` with `since` replays; a larger gap
     /// answers `recovered: false`.
     #[arg(long, env = "GATEWAY_RECOVERY_LIMIT", default_value_t = 1000)]
@@ -237,6 +249,15 @@ impl Config {
         }
         if c.outbound_queue < 16 {
             return Err(invalid("outbound_queue", "must be at least 16"));
+        }
+        if c.max_connection_bytes < 4 * c.max_frame_bytes {
+            return Err(invalid(
+                "max_connection_bytes",
+                "must be at least 4 x max_frame_bytes (a few full-size frames must fit)",
+            ));
+        }
+        if c.write_timeout < Duration::from_secs(1) {
+            return Err(invalid("write_timeout", "must be at least 1s"));
         }
         if c.recovery_limit == 0 {
             return Err(invalid("recovery_limit", "must be at least 1"));

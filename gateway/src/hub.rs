@@ -58,6 +58,19 @@ impl Out {
     }
 }
 
+/// How much one connection's outbound queue may hold; past either bound
+/// the connection is a slow consumer and closes with 4008.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Deliveries (room messages and events) queued.
+    pub deliveries: usize,
+    /// Bytes of everything queued (replies, replays, deliveries): the
+    /// memory one connection may pin. A delivery's frame is shared by the
+    /// node's members, but a connection that does not read keeps it alive,
+    /// so it counts whole here.
+    pub bytes: usize,
+}
+
 #[derive(Default)]
 pub struct Queue {
     pub items: VecDeque<Out>,
@@ -65,6 +78,11 @@ pub struct Queue {
     pub front_offset: usize,
     /// `Out::Shared` items in `items`: what the slow-consumer bound counts.
     pub deliveries: usize,
+    /// Bytes of every item in `items` (whole, written part included).
+    pub bytes: usize,
+    /// Since when queued output has waited without any of it being
+    /// written; `None` while the queue is empty or the socket takes it.
+    pub stalled_since: Option<tokio::time::Instant>,
     /// Bytes of `Out::Own` items (replies, replays, control frames): the
     /// connection stops reading requests while these pile up unread.
     pub own_bytes: usize,
@@ -85,19 +103,37 @@ pub struct ConnHandle {
     /// profiles.
     waker: AtomicWaker,
     signalled: AtomicBool,
-    max_queue: usize,
+    limits: QueueLimits,
 }
 
 impl ConnHandle {
     /// A handle outside any hub (benchmarks, tests).
-    pub fn detached(id: u64, max_queue: usize) -> ConnHandle {
+    pub fn detached(id: u64, limits: QueueLimits) -> ConnHandle {
         ConnHandle {
             id,
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
             signalled: AtomicBool::new(false),
-            max_queue,
+            limits,
         }
+    }
+
+    /// Whether `len` more bytes fit in the queue's byte budget now (a
+    /// handler asks before building a large reply it could refuse instead).
+    pub fn has_room_for(&self, len: usize) -> bool {
+        self.queue.lock().bytes.saturating_add(len) <= self.limits.bytes
+    }
+
+    /// The byte budget of this connection's queue.
+    pub fn byte_budget(&self) -> usize {
+        self.limits.bytes
+    }
+
+    /// Marks the connection a slow consumer (closed 4008 by its task).
+    fn overflow(&self, mut q: parking_lot::MutexGuard<'_, Queue>) {
+        q.overflowed = true;
+        drop(q);
+        self.signal();
     }
 
     /// Wakes the connection's task (or makes its next wait return at once).
@@ -123,6 +159,8 @@ impl ConnHandle {
         let mut q = self.queue.lock();
         q.deliveries = 0;
         q.own_bytes = 0;
+        q.bytes = 0;
+        q.stalled_since = None;
         std::mem::take(&mut q.items).len()
     }
 
@@ -133,15 +171,14 @@ impl ConnHandle {
         if q.closed || q.overflowed {
             return false;
         }
-        if q.deliveries >= self.max_queue {
-            q.overflowed = true;
-            drop(q);
-            self.signal();
+        if q.deliveries >= self.limits.deliveries || q.bytes + out.frame.len() > self.limits.bytes {
+            self.overflow(q);
             return false;
         }
         let was_empty = q.items.is_empty();
         q.items.push_back(Out::Shared(out.clone()));
         q.deliveries += 1;
+        q.bytes += out.frame.len();
         drop(q);
         if was_empty {
             self.signal();
@@ -149,16 +186,20 @@ impl ConnHandle {
         true
     }
 
-    /// Queues a reply or control frame of this connection's own. These are
-    /// bounded by the client's own requests, so they do not count as
-    /// overflow.
+    /// Queues a reply or control frame of this connection's own. Past the
+    /// byte budget the connection is a slow consumer instead.
     pub fn push_own(&self, frame: Bytes) {
         let mut q = self.queue.lock();
-        if q.closed {
+        if q.closed || q.overflowed {
+            return;
+        }
+        if q.bytes + frame.len() > self.limits.bytes {
+            self.overflow(q);
             return;
         }
         let was_empty = q.items.is_empty();
         q.own_bytes += frame.len();
+        q.bytes += frame.len();
         q.items.push_back(Out::Own(frame));
         drop(q);
         if was_empty {
@@ -177,21 +218,29 @@ impl ConnHandle {
         let skip = usize::from(q.front_offset > 0);
         let mut live = Vec::new();
         let mut kept = VecDeque::with_capacity(q.items.len() + frames.len());
+        let mut dropped = 0;
         for (i, item) in q.items.drain(..).enumerate() {
             match &item {
                 Out::Shared(o) if i >= skip && o.msg_id != 0 && &*o.room == room => {
                     if o.msg_id > floor {
                         live.push(item);
+                    } else {
+                        dropped += o.frame.len();
                     }
                 }
                 _ => kept.push_back(item),
             }
         }
-        q.own_bytes += frames.iter().map(Bytes::len).sum::<usize>();
+        let replayed = frames.iter().map(Bytes::len).sum::<usize>();
+        q.own_bytes += replayed;
         kept.extend(frames.into_iter().map(Out::Own));
         kept.extend(live);
         q.deliveries = kept.iter().filter(|o| o.is_delivery()).count();
         q.items = kept;
+        q.bytes = q.bytes - dropped + replayed;
+        if q.bytes > self.limits.bytes {
+            return self.overflow(q);
+        }
         drop(q);
         if was_empty {
             self.signal();
@@ -209,6 +258,8 @@ impl ConnHandle {
         q.items = VecDeque::new();
         q.deliveries = 0;
         q.own_bytes = 0;
+        q.bytes = 0;
+        q.stalled_since = None;
     }
 }
 
@@ -249,11 +300,11 @@ pub struct Hub {
     registry: Vec<Mutex<HashMap<Arc<str>, RoomState>>>,
     hasher: std::collections::hash_map::RandomState,
     next_conn: AtomicU64,
-    max_queue: usize,
+    limits: QueueLimits,
 }
 
 impl Hub {
-    pub fn new(shards: usize, max_queue: usize) -> Arc<Hub> {
+    pub fn new(shards: usize, limits: QueueLimits) -> Arc<Hub> {
         let senders = (0..shards)
             .map(|i| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -266,7 +317,7 @@ impl Hub {
             registry: (0..REGISTRY_STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
             next_conn: AtomicU64::new(1),
-            max_queue,
+            limits,
         })
     }
 
@@ -277,7 +328,7 @@ impl Hub {
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
             signalled: AtomicBool::new(false),
-            max_queue: self.max_queue,
+            limits: self.limits,
         })
     }
 

@@ -40,7 +40,13 @@ const PERSISTER_STOP: Duration = Duration::from_secs(5);
 pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), GatewayError> {
     let prometheus = metrics::install();
     let c = &settings.config;
-    let hub = hub::Hub::new(settings.shards, c.outbound_queue);
+    let hub = hub::Hub::new(
+        settings.shards,
+        hub::QueueLimits {
+            deliveries: c.outbound_queue,
+            bytes: c.max_connection_bytes,
+        },
+    );
     let sink = Arc::new(hub::Router { hub: hub.clone() });
     let backend = Backend::start(&settings, sink).await?;
     // The persister outlives the drain: it stops after the bus is closed.

@@ -75,7 +75,13 @@ mod tests {
             let dir = std::env::temp_dir().join(format!("conn-size-{}", std::process::id()));
             let store: std::sync::Arc<dyn storage::HistoryStore> =
                 std::sync::Arc::new(storage::EmbeddedStore::open(&dir).unwrap());
-            let hub = crate::hub::Hub::new(1, 16);
+            let hub = crate::hub::Hub::new(
+                1,
+                crate::hub::QueueLimits {
+                    deliveries: 16,
+                    bytes: 1 << 20,
+                },
+            );
             let bus = std::sync::Arc::new(dispatcher::inprocess::InProcessBus::new(
                 store,
                 std::sync::Arc::new(crate::hub::Router { hub: hub.clone() }),

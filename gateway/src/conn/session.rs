@@ -26,6 +26,9 @@ use crate::config::Config;
 use crate::hub::{ConnHandle, Out};
 use crate::{metrics, ws};
 
+/// A pause in refusals this long ends a client's run over the rate.
+const RATE_QUIET: Duration = Duration::from_secs(1);
+
 /// Window over which bad frames are counted.
 const BAD_FRAME_WINDOW: Duration = Duration::from_secs(60);
 
@@ -89,7 +92,8 @@ pub(super) struct Session {
     send_bucket: Bucket,
     /// `join`, `leave`, `history`, `presence`.
     request_bucket: Bucket,
-    limited_since: Option<Instant>,
+    /// The first and the latest refusal of the current run of refusals.
+    limited: Option<(Instant, Instant)>,
     /// Sends of this burst not yet published (one pipeline for them all).
     pub(super) pending_sends: Vec<PendingSend>,
     /// Set by a handler; the socket layer carries it out.
@@ -116,7 +120,7 @@ impl Session {
                 node.settings.config.request_burst,
                 now,
             ),
-            limited_since: None,
+            limited: None,
             pending_sends: Vec::new(),
             identity: None,
             rooms: Vec::new(),
@@ -239,10 +243,17 @@ impl Session {
             &mut self.request_bucket
         };
         if bucket.take(now) {
-            self.limited_since = None;
             return true;
         }
-        let since = *self.limited_since.get_or_insert(now);
+        // A run of refusals lasts while they come less than a quiet second
+        // apart: a flood stays over the rate however the tokens trickle in
+        // (a request let through now and then does not end it), and a
+        // client that slows down starts afresh.
+        let since = match self.limited {
+            Some((first, latest)) if now.duration_since(latest) < RATE_QUIET => first,
+            _ => now,
+        };
+        self.limited = Some((since, now));
         if now.duration_since(since) >= self.settings().rate_limit_grace {
             self.end = Some(End::Close(close::RATE_LIMITED, "rate limited too long"));
         }

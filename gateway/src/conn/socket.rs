@@ -31,6 +31,7 @@ use protocol::close;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::end::End;
 use super::session::Session;
@@ -49,12 +50,25 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After the close frame, unread client data is drained until this long
 /// passes without any.
 const CLOSE_QUIET: Duration = Duration::from_millis(100);
-/// Unwritten replies above which no more requests are read (TCP then
-/// pushes back on a client that sends but does not read).
+/// Unwritten replies above which no more requests are handled (nor read:
+/// TCP then pushes back on a client that sends but does not read), at most
+/// a quarter of the connection's byte budget. Requests already read wait
+/// too, so pipelined requests cannot pile up replies.
 const OWN_HIGH_WATER: usize = 256 << 10;
-/// Unwritten replies above which the client is closed as a slow consumer
-/// (one read burst can hold many requests).
-const OWN_HARD_CAP: usize = 64 << 20;
+
+fn high_water(s: &Session) -> usize {
+    OWN_HIGH_WATER.min(s.handle().byte_budget() / 4)
+}
+
+/// The end of a slow consumer: its queue overflowed (deliveries or bytes),
+/// or the socket took nothing for the write timeout.
+fn slow_consumer(why: &'static str) -> End {
+    metrics::get().slow_consumers.increment(1);
+    End::Close(close::SLOW_CONSUMER, why)
+}
+
+const OVERFLOWED: &str = "slow consumer: outbound queue overflowed";
+const NO_PROGRESS: &str = "slow consumer: no write progress";
 
 /// Closes the socket as `end` says: the close frame (after the queued
 /// replies, unless the client is a slow consumer) or a plain drop.
@@ -118,8 +132,7 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
             return end;
         }
         if s.handle().overflowed() {
-            metrics::get().slow_consumers.increment(1);
-            return End::Close(close::SLOW_CONSUMER, "slow consumer: outbound queue overflowed");
+            return slow_consumer(OVERFLOWED);
         }
         if !prefix.is_empty() {
             if let Err(end) = Box::pin(read_burst(tcp, prefix, s)).await {
@@ -133,11 +146,15 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
         if !s.handle().queue.lock().items.is_empty() && flush(tcp, s).is_err() {
             return End::Drop("write failed");
         }
-        let (wants_write, may_read) = {
+        let (wants_write, may_read, stalled) = {
             let q = s.handle().queue.lock();
-            (!q.items.is_empty(), q.own_bytes < OWN_HIGH_WATER)
+            (!q.items.is_empty(), q.own_bytes < high_water(s), q.stalled_since)
         };
-        let deadline = s.next_deadline();
+        let write_timeout = s.settings().write_timeout;
+        let mut deadline = s.next_deadline();
+        if let Some(since) = stalled {
+            deadline = deadline.min(since + write_timeout);
+        }
         if timer.deadline() != deadline || timer.is_elapsed() {
             timer.as_mut().reset(deadline);
         }
@@ -189,6 +206,9 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
             Wake::Timer => {
                 if let Some(end) = s.on_timer() {
                     return end;
+                }
+                if write_stalled(s) {
+                    return slow_consumer(NO_PROGRESS);
                 }
             }
         }
@@ -283,11 +303,7 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
                             return Err(End::Drop("write failed"));
                         }
                         if s.handle().overflowed() {
-                            metrics::get().slow_consumers.increment(1);
-                            return Err(End::Close(
-                                close::SLOW_CONSUMER,
-                                "slow consumer: outbound queue overflowed",
-                            ));
+                            return Err(slow_consumer(OVERFLOWED));
                         }
                     }
                 }
@@ -295,6 +311,10 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
         };
         let frame = match read {
             Err(_) => return Err(End::Drop("stalled in the middle of a frame")),
+            // A frame header the tracker refused (RFC 6455 5.1, 5.5) failed the read.
+            Ok(Err(_)) if let Some(why) = tracker.lock().violation => {
+                return Err(End::Close(close::PROTOCOL_ERROR, why));
+            }
             Ok(Err(e)) => return Err(ws_error_end(e)),
             Ok(Ok(frame)) => frame,
         };
@@ -313,8 +333,15 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
             let q = s.handle().queue.lock();
             (!q.items.is_empty(), q.own_bytes)
         };
-        if own_bytes > OWN_HARD_CAP {
-            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: replies not read"));
+        let buffered = {
+            let t = tracker.lock();
+            !(t.at_boundary() && t.completed == returned)
+        };
+        if own_bytes >= high_water(s) && buffered {
+            // Requests already read wait until the replies are taken (sends
+            // already checked go out first rather than wait with them).
+            s.flush_sends().await;
+            wait_for_replies_taken(out, s, &shutdown).await?;
         }
         let mut t = tracker.lock();
         // With output waiting (or after a long run of frames), stop at the
@@ -325,6 +352,55 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
         }
         if t.at_boundary() && t.completed == returned {
             return Ok(());
+        }
+    }
+}
+
+/// Whether queued output has waited longer than the write timeout with
+/// nothing taken by the socket.
+fn write_stalled(s: &Session) -> bool {
+    let since = s.handle().queue.lock().stalled_since;
+    since.is_some_and(|t| t + s.settings().write_timeout <= Instant::now())
+}
+
+/// Inside a read burst whose replies reached the high-water mark: writes
+/// until they drop below it before the next request already read is
+/// handled. A client that takes nothing for the write timeout is closed.
+async fn wait_for_replies_taken(out: &TcpStream, s: &Session, shutdown: &CancellationToken) -> Result<(), End> {
+    loop {
+        if flush(out, s).is_err() {
+            return Err(End::Drop("write failed"));
+        }
+        let (own_bytes, stalled, overflowed) = {
+            let q = s.handle().queue.lock();
+            (q.own_bytes, q.stalled_since, q.overflowed)
+        };
+        if overflowed {
+            return Err(slow_consumer(OVERFLOWED));
+        }
+        if own_bytes < high_water(s) {
+            return Ok(());
+        }
+        let deadline = stalled.unwrap_or_else(Instant::now) + s.settings().write_timeout;
+        let timer = tokio::time::sleep_until(deadline);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(timer, cancelled);
+        let handle = s.handle();
+        let timed_out = std::future::poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() || out.poll_write_ready(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            if handle.poll_signal(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            timer.as_mut().poll(cx).map(|()| true)
+        })
+        .await;
+        if shutdown.is_cancelled() {
+            return Err(End::Close(close::GOING_AWAY, "node draining"));
+        }
+        if timed_out {
+            return Err(slow_consumer(NO_PROGRESS));
         }
     }
 }
@@ -366,6 +442,7 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
                     Out::Shared(_) => q.deliveries -= 1,
                     Out::Own(b) => q.own_bytes -= b.len(),
                 }
+                q.bytes -= item.bytes().len();
                 // A partly written frame must be finished whatever happened since.
                 if (batch.is_empty() && offset > 0) || s.wants(&item) {
                     batch.push(item);
@@ -373,6 +450,7 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
             }
             if batch.is_empty() {
                 q.front_offset = 0;
+                q.stalled_since = None;
                 // Idle connections keep no queue buffer.
                 if q.items.capacity() > 16 {
                     q.items = VecDeque::new();
@@ -390,6 +468,7 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
         };
+        let progressed = written > 0;
         m.bytes_sent.increment(written as u64);
         let mut done = 0;
         for item in &batch {
@@ -412,7 +491,13 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
                     Out::Shared(_) => q.deliveries += 1,
                     Out::Own(b) => q.own_bytes += b.len(),
                 }
+                q.bytes += item.bytes().len();
                 q.items.push_front(item);
+            }
+            // The write-progress clock: restarts whenever the socket takes
+            // anything, starts when output first has to wait.
+            if progressed || q.stalled_since.is_none() {
+                q.stalled_since = Some(Instant::now());
             }
             return Ok(());
         }
@@ -442,6 +527,8 @@ async fn close_socket(tcp: &mut TcpStream, s: &Session, code: u16, reason: &str,
             q.items.clear();
             q.deliveries = 0;
             q.own_bytes = 0;
+            q.bytes = 0;
+            q.stalled_since = None;
             q.front_offset = 0;
             rest
         };

@@ -28,7 +28,19 @@ impl Session {
             HistoryPage::After(a) => Page::After(a),
         };
         match self.node.bus.history(&room, page, limit).await {
-            Ok(messages) => self.reply(history_reply(id, &room, messages.iter().map(view))),
+            Ok(messages) => {
+                let reply = history_reply(id, &room, messages.iter().map(view));
+                // One reply may take half of the connection's memory budget:
+                // a larger page is refused rather than queued.
+                if reply.len() > self.handle.byte_budget() / 2 {
+                    return self.error(
+                        id,
+                        ErrorCode::TooLarge,
+                        "history page too large for this connection; ask for fewer messages",
+                    );
+                }
+                self.reply(reply)
+            }
             Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
         }
     }

@@ -57,12 +57,18 @@ impl Session {
             Some(since) => match self.node.bus.replay(&room, since, self.settings().recovery_limit).await {
                 Ok(replay) if replay.complete => {
                     let floor = replay.messages.last().map_or(since, |m| m.id.max(since));
-                    let frames = replay
+                    let frames: Vec<_> = replay
                         .messages
                         .iter()
                         .map(|m| ws::text_frame(&msg_event(view(m))))
                         .collect();
-                    (floor, true, frames)
+                    // A replay may take half of the connection's memory
+                    // budget; a larger gap is one to page with `history`.
+                    if frames.iter().map(|f| f.len()).sum::<usize>() > self.handle.byte_budget() / 2 {
+                        (since, false, Vec::new())
+                    } else {
+                        (floor, true, frames)
+                    }
                 }
                 Ok(_) => (since, false, Vec::new()),
                 Err(e) => {
