@@ -158,6 +158,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_BAD_FRAMES", default_value_t = 20)]
     pub max_bad_frames: u32,
 
+    /// Time a server API request's body may take to arrive; slower gets
+    /// 408 and the connection closes.
+    #[arg(long, env = "GATEWAY_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_body_timeout: Duration,
+
     /// Time allowed to drain on SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -246,6 +251,9 @@ impl Config {
         }
         if c.auth_timeout.is_zero() {
             return Err(invalid("auth_timeout", "must be more than 0"));
+        }
+        if c.http_body_timeout < Duration::from_millis(100) {
+            return Err(invalid("http_body_timeout", "must be at least 100ms"));
         }
         if c.outbound_queue < 16 {
             return Err(invalid("outbound_queue", "must be at least 16"));

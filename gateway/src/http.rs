@@ -1,5 +1,12 @@
 //! HTTP beside the WebSocket: routing, the upgrade at `/ws`, health,
 //! readiness, metrics, and the server API.
+//!
+//! What hyper leaves to us is checked here: a request's `Host` (RFC 9112
+//! 3.2: one, valid, and required in HTTP/1.1; else 400 and the connection
+//! closes), the handshake's HTTP version and `Sec-WebSocket-Version` (RFC
+//! 6455 4.1, 4.2.2), and how long a request body may take to arrive
+//! (`http_body_timeout`, else 408 and the connection closes). A request
+//! head must arrive within [`HEADER_READ_TIMEOUT`] (hyper's timer).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dispatcher::{NewMessage, Page};
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,6 +32,11 @@ use crate::{Node, auth, conn, metrics};
 
 type Body = Full<Bytes>;
 
+/// Time a connection has for each request head, counted from when it is
+/// ready for one (accepted, or its last response written); hyper then
+/// closes it. So it also bounds idle keep-alive connections.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves one accepted TCP connection: HTTP/1.1 until it upgrades to a
 /// WebSocket or closes.
 pub async fn serve_connection(node: Arc<Node>, stream: TcpStream) {
@@ -37,7 +49,7 @@ pub async fn serve_connection(node: Arc<Node>, stream: TcpStream) {
     let draining = shutdown.is_cancelled();
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(!draining)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -58,6 +70,9 @@ pub async fn serve_connection(node: Arc<Node>, stream: TcpStream) {
 
 async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     metrics::get().http_requests.increment(1);
+    if let Some(problem) = host_problem(&req) {
+        return closing(text(StatusCode::BAD_REQUEST, problem));
+    }
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/ws") => upgrade(node, req),
@@ -76,6 +91,35 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         _ if path.starts_with("/api/rooms/") => api(node, req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// What is wrong with a request's `Host` (RFC 9112 3.2), which hyper does
+/// not check: HTTP/1.1 requires one; more than one, or one that is not a
+/// `host[:port]`, is refused in any version.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_10 => None,
+        (None, _) => Some("missing Host header\n"),
+        (Some(_), Some(_)) => Some("more than one Host header\n"),
+        (Some(host), None) if !is_valid_host(host) => Some("invalid Host header\n"),
+        (Some(_), None) => None,
+    }
+}
+
+/// An empty value (allowed for targets without an authority) or an
+/// authority without user info.
+fn is_valid_host(host: &HeaderValue) -> bool {
+    let bytes = host.as_bytes();
+    bytes.is_empty() || (!bytes.contains(&b'@') && http::uri::Authority::try_from(bytes).is_ok())
+}
+
+/// `response` with `Connection: close`: hyper closes the connection after it.
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -119,12 +163,26 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     if node.shutdown.is_cancelled() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
+    // RFC 6455 4.1: the handshake is an HTTP/1.1 request (HTTP/1.0 has no
+    // Upgrade).
+    if req.version() != Version::HTTP_11 {
+        return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs HTTP/1.1\n");
+    }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return Response::builder()
-            .status(StatusCode::UPGRADE_REQUIRED)
-            .header(header::UPGRADE, "websocket")
-            .body(Full::new(Bytes::from_static(b"expected a WebSocket upgrade\n")))
-            .expect("static response parts");
+        return upgrade_required("expected a WebSocket upgrade\n");
+    }
+    // RFC 6455 4.2.2: another version gets 426 naming the one we speak.
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response = upgrade_required("unsupported Sec-WebSocket-Version: use 13\n");
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
     }
     let header_auth = auth::bearer(req.headers()).map(|token| node.auth.authenticate(Some(token)));
     // Take hyper's upgrade handle first: fastwebsockets' own future would
@@ -160,6 +218,44 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         }
     });
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// 426 with the `Upgrade` (and `Connection`) header RFC 9110 15.5.22 asks for.
+fn upgrade_required(body: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::UPGRADE_REQUIRED)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "upgrade")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static response parts")
+}
+
+/// Reads a request body of at most `limit` bytes within the node's
+/// `http_body_timeout`, so a client trickling its body cannot hold a
+/// request open: too slow gets 408 and the connection closes (the rest of
+/// the body is never read); too large 413.
+async fn read_body(node: &Node, body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    let timeout = node.settings.config.http_body_timeout;
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(api_error(
+            ErrorCode::TooLarge,
+            &format!("request body is over {limit} bytes"),
+        )),
+        Ok(Err(e)) => Err(api_error(
+            ErrorCode::BadRequest,
+            &format!("reading the request body failed: {e}"),
+        )),
+        Err(_) => {
+            let message = format!(
+                "request body not received within {}",
+                humantime::format_duration(timeout)
+            );
+            let mut response = api_error(ErrorCode::BadRequest, &message);
+            *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+            Err(closing(response))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -200,9 +296,9 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
 
 async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> Response<Body> {
     let c = &node.settings.config;
-    let bytes = match Limited::new(req.into_body(), c.max_frame_bytes).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return api_error(ErrorCode::TooLarge, "request body too large"),
+    let bytes = match read_body(&node, req.into_body(), c.max_frame_bytes).await {
+        Ok(b) => b,
+        Err(response) => return response,
     };
     let parsed: ApiPublish = match serde_json::from_slice(&bytes) {
         Ok(p) => p,

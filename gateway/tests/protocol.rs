@@ -409,7 +409,8 @@ async fn broken_upgrade_requests_get_http_errors() {
     let (status, body) = node
         .http("GET", "/ws", &ws_upgrade_headers(Some(WS_KEY), "8"), "")
         .await;
-    assert_eq!(status, 400, "{body}");
+    // RFC 6455 4.2.2 (tests/rfc.rs checks the Sec-WebSocket-Version header).
+    assert_eq!(status, 426, "{body}");
     // Garbage instead of HTTP.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();

@@ -60,19 +60,17 @@ impl Session {
             OpCode::Ping => self.handle.push_own(ws::pong_frame(&frame.payload)),
             OpCode::Pong => {}
             OpCode::Close => {
-                let code = match frame.payload.get(..2) {
+                // RFC 6455 5.5.1 and 7.4: no payload, or a code allowed on
+                // the wire and a UTF-8 reason (else 1007, 8.1); one byte is
+                // a protocol error. The 125-byte limit is the tracker's.
+                let code = match frame.payload.split_first_chunk::<2>() {
                     None if frame.payload.is_empty() => 1000,
                     None => close::PROTOCOL_ERROR,
-                    Some(b) => {
-                        let code = u16::from_be_bytes([b[0], b[1]]);
-                        if CloseCode::from(code).is_allowed() {
-                            code
-                        } else {
-                            close::PROTOCOL_ERROR
-                        }
-                    }
+                    Some((b, _)) if !CloseCode::from(u16::from_be_bytes(*b)).is_allowed() => close::PROTOCOL_ERROR,
+                    Some((_, reason)) if std::str::from_utf8(reason).is_err() => close::INVALID_PAYLOAD,
+                    Some((b, _)) => u16::from_be_bytes(*b),
                 };
-                // Echo the client's code, as RFC 6455 asks.
+                // Echo the client's code, as RFC 6455 asks (5.5.1).
                 self.end = Some(End::Close(code, ""));
             }
         }
