@@ -9,8 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use testkit::{GatewayProcess, Wait};
+use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The next text frame's JSON, or how the connection ended.
@@ -59,6 +61,204 @@ async fn a_flood_that_lets_tokens_trickle_in_is_still_closed_4029() {
         took < Duration::from_secs(4),
         "closed {took:?} after the flood began (grace 1s)"
     );
+}
+
+/// A WebSocket client whose socket takes almost nothing: a tiny receive
+/// buffer, and nobody reading it.
+async fn never_reading(url: &str) -> Ws {
+    let addr: std::net::SocketAddr = url.trim_start_matches("ws://").trim_end_matches("/ws").parse().unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(socket.connect(addr).await.unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    ws
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+const BUDGET: u64 = 4 << 20;
+const CLIENTS: u64 = 8;
+
+/// Each client may pin its budget in queued replies, plus the one request
+/// it has in flight (a page is read and encoded only up to half the
+/// budget), plus a little allocator slack for the node.
+fn assert_within_budget(before_kib: u64, peak_kib: u64) {
+    let grown = peak_kib.saturating_sub(before_kib) << 10;
+    let bound = CLIENTS * (BUDGET + BUDGET / 2) + (8 << 20);
+    assert!(
+        grown <= bound,
+        "RSS grew {} MiB for {CLIENTS} clients with a {} MiB budget each (bound {} MiB)",
+        grown >> 20,
+        BUDGET >> 20,
+        bound >> 20
+    );
+    eprintln!("RSS grew {} MiB (bound {} MiB)", grown >> 20, bound >> 20);
+}
+
+/// A gateway process with the default 4 MiB budget and a room `big` of
+/// `n` messages of 30 KB; the writer stays connected.
+async fn node_with_big_room(n: usize, extra: &[&str]) -> (GatewayProcess, tempfile::TempDir, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--send-rate", "100000", "--send-burst", "100000"];
+    args.extend_from_slice(extra);
+    let node = GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), dir.path(), &args);
+    let mut writer = guest(&node.url()).await;
+    writer.join("big").await;
+    let body = json!("x".repeat(30_000)).to_string();
+    // Pipelined ten at a time (the writer is a member: its own messages
+    // come back, and it must read them to stay within its budget).
+    for batch in (0..n).collect::<Vec<_>>().chunks(10) {
+        for &i in batch {
+            let frame = format!(r#"{{"op":"send","id":{},"room":"big","body":{body}}}"#, 1000 + i);
+            writer.ws.feed(Message::Text(frame.into())).await.unwrap();
+        }
+        writer.ws.flush().await.unwrap();
+        for &i in batch {
+            let id = 1000 + i as i64;
+            let r = writer.recv_matching(move |v| v["id"] == json!(id)).await;
+            assert_eq!(r["op"], "ok", "{r}");
+        }
+        writer.backlog.clear();
+    }
+    (node, dir, writer)
+}
+
+/// The node's RSS once the room's pages were read (and the store's cache
+/// holds them) by a client that reads.
+async fn warmed_rss(node: &GatewayProcess, writer: &mut Client) -> u64 {
+    for _ in 0..3 {
+        let r = writer.request(json!({"op":"history","room":"big","limit":60})).await;
+        assert_eq!(r["op"], "history", "{r}");
+    }
+    rss_kib(node.child.id())
+}
+
+/// `CLIENTS` clients that each send `auth` and three `history` requests of
+/// `limit` messages at once, and read nothing.
+async fn pipelining_non_readers(url: &str, limit: usize) -> Vec<Ws> {
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut ws = never_reading(url).await;
+        ws.feed(Message::Text(json!({"op":"auth","id":1}).to_string().into()))
+            .await
+            .unwrap();
+        for id in 2..5 {
+            let h = json!({"op":"history","id":id,"room":"big","limit":limit}).to_string();
+            ws.feed(Message::Text(h.into())).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        clients.push(ws);
+    }
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_pipelined_full_history_pages_never_read_stays_within_the_budget() {
+    // The probe that found it: a room of 500 messages of 30 KB; 8 sockets
+    // each send three 500-message history requests (15 MB of replies
+    // each) and never read. Before, RSS grew by 592 MiB for 51 s.
+    let (node, _dir, mut writer) = node_with_big_room(500, &[]).await;
+    let before = warmed_rss(&node, &mut writer).await;
+    let clients = pipelining_non_readers(&node.url(), 500).await;
+    let mut peak = 0;
+    Wait::new("every history request answered", WAIT)
+        .every(Duration::from_millis(20))
+        .until(|| {
+            peak = peak.max(rss_kib(node.child.id()));
+            let n = node.metric("gateway_ws_requests_total{op=\"history\"}");
+            if n >= (CLIENTS * 3) as f64 {
+                Ok(())
+            } else {
+                Err(format!("{n} handled"))
+            }
+        });
+    peak = peak.max(rss_kib(node.child.id()));
+    assert_within_budget(before, peak);
+    // Each page is over half the budget: refused, not queued.
+    for ws in clients {
+        let mut c = Client::from_stream(ws);
+        for id in 2..5 {
+            let r = c.recv_matching(move |v| v["id"] == json!(id)).await;
+            assert_eq!(r["code"], "too_large", "{r}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_pipeline_history_and_never_read_are_closed_4008_within_their_budget() {
+    // Pages of 60 messages of 30 KB (1.8 MB) fit in half the budget, and
+    // three of them (5.4 MB) are more than the kernel's socket buffers
+    // take: the node must hold the rest, within the budget, until the
+    // write timeout closes the client.
+    let (node, _dir, mut writer) = node_with_big_room(60, &["--write-timeout", "3s"]).await;
+    let before = warmed_rss(&node, &mut writer).await;
+    let started = Instant::now();
+    let clients = pipelining_non_readers(&node.url(), 60).await;
+    let mut peak = 0;
+    let closed = Wait::new(
+        "the non-reading clients closed as slow consumers",
+        Duration::from_secs(20),
+    )
+    .every(Duration::from_millis(50))
+    .until(|| {
+        peak = peak.max(rss_kib(node.child.id()));
+        let n = node.metric("gateway_connections_closed_total{code=\"4008\"}");
+        if n >= CLIENTS as f64 {
+            Ok(n)
+        } else {
+            Err(format!("{n} closed"))
+        }
+    });
+    assert_eq!(closed, CLIENTS as f64);
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "closed {:?} after they stopped reading (write timeout 3s)",
+        started.elapsed()
+    );
+    assert_within_budget(before, peak);
+    // Each was told why, after whatever it had not read.
+    for ws in clients {
+        let (end, _) = Client::from_stream(ws).until_closed().await;
+        assert_eq!(end, Ended::Close(4008));
+    }
+    // The node still serves.
+    let h = writer.request(json!({"op":"history","room":"big","limit":10})).await;
+    assert_eq!(h["messages"].as_array().map(Vec::len), Some(10), "{h}");
+}
+
+#[tokio::test]
+async fn a_page_read_in_chunks_is_the_same_page() {
+    // Pages over 64 messages are read from the bus in chunks.
+    let node = TestNode::start(&["--send-rate", "100000", "--send-burst", "100000"]).await;
+    let mut c = node.guest().await;
+    c.join("p").await;
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(c.send_msg("p", json!(i)).await);
+    }
+    let page = |r: serde_json::Value| -> Vec<u64> {
+        assert_eq!(r["op"], "history", "{r}");
+        r["messages"].as_array().unwrap().iter().map(msg_id).collect()
+    };
+    let newest = page(c.request(json!({"op":"history","room":"p","limit":140})).await);
+    assert_eq!(newest, ids[10..]);
+    let before = page(
+        c.request(json!({"op":"history","room":"p","limit":130,"before":ids[140].to_string()}))
+            .await,
+    );
+    assert_eq!(before, ids[10..140]);
+    let after = page(
+        c.request(json!({"op":"history","room":"p","limit":500,"after":ids[5].to_string()}))
+            .await,
+    );
+    assert_eq!(after, ids[6..]);
 }
 
 #[tokio::test]

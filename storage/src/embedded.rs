@@ -25,8 +25,14 @@ const MAX_GROUP: usize = 256;
 
 type AppendReply = oneshot::Sender<Result<AppendReport, StorageError>>;
 
+/// Reads in flight at once. Each runs on a blocking thread and holds its
+/// page in memory: a flood of history requests waits here rather than
+/// spawning threads, and memory, without bound.
+const READERS: usize = 4;
+
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    readers: Arc<tokio::sync::Semaphore>,
     writer: Option<std_mpsc::Sender<(Vec<StoredMessage>, AppendReply)>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -65,6 +71,7 @@ impl EmbeddedStore {
             .map_err(|e| emb("spawning the writer thread", e))?;
         Ok(EmbeddedStore {
             db,
+            readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
             writer: Some(tx),
             writer_thread: Some(thread),
         })
@@ -75,9 +82,18 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        let permit = self
+            .readers
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| emb("read task", e))?
+            .map_err(|_| StorageError::Closed)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&db)
+        })
+        .await
+        .map_err(|e| emb("read task", e))?
     }
 }
 

@@ -1,7 +1,7 @@
 //! `history`: a page of a room's stored messages, newest first or around
 //! an id, from the bus (which merges the store with the stream window).
 
-use dispatcher::Page;
+use dispatcher::{Bus, BusError, Page, StoredMessage};
 use protocol::ErrorCode;
 use protocol::encode::history_reply;
 use protocol::request::HistoryPage;
@@ -27,21 +27,81 @@ impl Session {
             HistoryPage::Before(b) => Page::Before(b),
             HistoryPage::After(a) => Page::After(a),
         };
-        match self.node.bus.history(&room, page, limit).await {
-            Ok(messages) => {
-                let reply = history_reply(id, &room, messages.iter().map(view));
-                // One reply may take half of the connection's memory budget:
-                // a larger page is refused rather than queued.
-                if reply.len() > self.handle.byte_budget() / 2 {
-                    return self.error(
-                        id,
-                        ErrorCode::TooLarge,
-                        "history page too large for this connection; ask for fewer messages",
-                    );
-                }
-                self.reply(reply)
-            }
-            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+        let cap = self.handle.byte_budget() / 2;
+        let messages = match fetch_page(&*self.node.bus, &room, page, limit, cap).await {
+            Ok(Some(messages)) => messages,
+            Ok(None) => return self.too_large(id),
+            Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string()),
+        };
+        let reply = history_reply(id, &room, messages.iter().map(view));
+        // One reply may take half of the connection's memory budget: a
+        // larger page is refused rather than queued.
+        if reply.len() > cap {
+            return self.too_large(id);
+        }
+        self.reply(reply)
+    }
+}
+
+impl Session {
+    fn too_large(&self, id: Option<i64>) {
+        self.error(
+            id,
+            ErrorCode::TooLarge,
+            "history page too large for this connection; ask for fewer messages",
+        )
+    }
+}
+
+/// Messages read from the bus in one go: a page is read in chunks, so a
+/// page refused for its size never sits in memory whole.
+const CHUNK: usize = 32;
+
+/// A message's share of an encoded history reply, near enough to stop
+/// reading before the reply would be over its cap.
+fn estimate(m: &StoredMessage) -> usize {
+    m.body.len() + m.room.len() + m.from.len() + 96
+}
+
+/// Reads `page` of `room` in chunks, ascending; `None` once the messages
+/// read are over `cap` bytes (as the reply would be).
+async fn fetch_page(
+    bus: &dyn Bus,
+    room: &str,
+    page: Page,
+    limit: usize,
+    cap: usize,
+) -> Result<Option<Vec<StoredMessage>>, BusError> {
+    let mut out: Vec<StoredMessage> = Vec::new();
+    let mut bytes = 0;
+    let mut cursor = page;
+    while out.len() < limit {
+        let want = CHUNK.min(limit - out.len());
+        let chunk = bus.history(room, cursor, want).await?;
+        bytes += chunk.iter().map(estimate).sum::<usize>();
+        if bytes > cap {
+            return Ok(None);
+        }
+        let got = chunk.len();
+        cursor = match cursor {
+            // Newest and before-pages grow backwards: older chunks go first.
+            Page::Newest | Page::Before(_) => match chunk.first() {
+                Some(oldest) => Page::Before(oldest.id),
+                None => break,
+            },
+            Page::After(_) => match chunk.last() {
+                Some(newest) => Page::After(newest.id),
+                None => break,
+            },
+        };
+        if matches!(cursor, Page::After(_)) {
+            out.extend(chunk);
+        } else {
+            out.splice(0..0, chunk);
+        }
+        if got < want {
+            break;
         }
     }
+    Ok(Some(out))
 }
