@@ -123,6 +123,12 @@ pub struct ClusterArgs {
     #[arg(long, env = "GATEWAY_STREAM_MAXLEN", default_value_t = 100_000)]
     pub stream_maxlen: usize,
 
+    /// Approximate bytes each shard stream keeps, as Redis counts them
+    /// (`MEMORY USAGE`); the window is cut to whichever of this,
+    /// `stream_maxlen` and `stream_max_age` is smaller. 0: no byte bound.
+    #[arg(long, env = "GATEWAY_STREAM_MAX_BYTES", default_value_t = 64 << 20)]
+    pub stream_max_bytes: u64,
+
     /// Stream entries older than this are trimmed; 0 keeps by count only.
     #[arg(long, env = "GATEWAY_STREAM_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub stream_max_age: Duration,
@@ -246,6 +252,12 @@ impl ClusterArgs {
         if c.stream_maxlen < 100 {
             return Err(invalid("stream_maxlen", "must be at least 100"));
         }
+        if c.stream_max_bytes != 0 && c.stream_max_bytes < 1 << 20 {
+            return Err(invalid(
+                "stream_max_bytes",
+                "must be 0 (no byte bound) or at least 1 MiB",
+            ));
+        }
         if c.redis_prefix.is_empty() || c.redis_prefix.contains(['{', '}', ' ']) {
             return Err(invalid("redis_prefix", "must be non-empty, without braces or spaces"));
         }
@@ -266,6 +278,7 @@ impl Cluster {
             streams: self.streams.clone(),
             maxlen: self.args.stream_maxlen,
             max_age: self.args.stream_max_age,
+            max_bytes: self.args.stream_max_bytes,
             node_id,
             read_count: 512,
             block: Duration::from_secs(5),

@@ -69,6 +69,7 @@ async fn a_killed_persister_is_taken_over_without_loss_or_duplicates() {
         streams: StreamLayout::new("gw", 4),
         maxlen: 100_000,
         max_age: Duration::ZERO,
+        max_bytes: 0,
         node_id: Some("test".into()),
         read_count: 100,
         block: Duration::from_secs(1),

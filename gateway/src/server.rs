@@ -125,6 +125,7 @@ impl Backend {
             None => {
                 tracing::warn!(
                     entries_per_stream = cluster.args.stream_maxlen,
+                    bytes_per_stream = cluster.args.stream_max_bytes,
                     max_age = ?cluster.args.stream_max_age,
                     "Redis without ScyllaDB: history and recovery reach back only as far as the stream window"
                 );

@@ -313,6 +313,53 @@ async fn a_gap_older_than_the_stream_window_is_not_recovered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_window_is_bounded_in_bytes_too() {
+    // 200 bodies of 30 KB (6 MB) into one stream whose window is 1 MiB:
+    // far under its entry count, the trimmer still cuts it by bytes.
+    let redis = RedisServer::start();
+    let cluster = nodes(
+        1,
+        &single(&redis),
+        &[
+            "--stream-shards",
+            "1",
+            "--stream-max-bytes",
+            "1048576",
+            "--stream-trim-interval",
+            "1s",
+        ],
+    );
+    let mut c = guest(&cluster.nodes[0].url()).await;
+    c.join("bytes").await;
+    let body = "z".repeat(30_000);
+    let mut last = 0;
+    for _ in 0..200 {
+        last = c.send_msg("bytes", json!(body)).await;
+        c.backlog.clear();
+    }
+    let used = Wait::new("the stream trimmed to about 1 MiB", Duration::from_secs(20))
+        .every(Duration::from_millis(200))
+        .until(|| {
+            let used: u64 = testkit::redis_command(redis.port, &["MEMORY", "USAGE", "gw:{s0}"])
+                .and_then(|v| v.trim().trim_start_matches(':').parse().ok())
+                .unwrap_or(u64::MAX);
+            if used < 2 << 20 {
+                Ok(used)
+            } else {
+                Err(format!("{used} bytes"))
+            }
+        });
+    assert!(used > 0);
+    // The newest messages are still there.
+    let h = c.request(json!({"op":"history","room":"bytes","limit":5})).await;
+    assert_eq!(
+        h["messages"].as_array().and_then(|m| m.last()).map(msg_id),
+        Some(last),
+        "{h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_sends_keep_order_through_a_redis_cluster() {
     // The two rooms live in different shard streams (so different slots):
     // the batch becomes one pipeline per stream.

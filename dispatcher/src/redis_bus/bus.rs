@@ -33,6 +33,8 @@ pub struct RedisBusConfig {
     pub maxlen: usize,
     /// Entries older than this are trimmed (0: by count only).
     pub max_age: Duration,
+    /// Approximate bytes kept per shard stream (0: no byte bound).
+    pub max_bytes: u64,
     /// This node's id; leased in Redis when `None`.
     pub node_id: Option<String>,
     /// Entries per `XREAD`.
@@ -99,6 +101,7 @@ impl RedisBus {
                 layout: cfg.streams.clone(),
                 maxlen: cfg.maxlen,
                 max_age: cfg.max_age,
+                max_bytes: cfg.max_bytes,
                 with_store: store.is_some(),
             },
             trim_every: cfg.trim_every,

@@ -1,10 +1,11 @@
 //! Trimming the shard streams to the window, and the persister's lag.
 //!
 //! Without a store, `XADD` trims by count as it appends (see
-//! [`super::publish`]); this trims by age. With a store, this is the only
-//! trimming: by age and about `maxlen` entries, but never past the oldest
-//! entry the persister (consumer group [`PERSISTER_GROUP`]) still needs, so
-//! an acknowledged message is in the stream or in the store, always.
+//! [`super::publish`]); this trims by age and by bytes. With a store, this
+//! is the only trimming: by age, about `maxlen` entries and about
+//! `max_bytes`, but never past the oldest entry the persister (consumer
+//! group [`PERSISTER_GROUP`]) still needs, so an acknowledged message is in
+//! the stream or in the store, always.
 
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub(crate) struct Trimmer {
     pub(crate) maxlen: usize,
     /// Entries older than this go (zero: by count only).
     pub(crate) max_age: Duration,
+    /// Approximate bytes kept per stream, as Redis counts them (`MEMORY
+    /// USAGE`); zero: no byte bound.
+    pub(crate) max_bytes: u64,
     /// A persister stores the streams: keep what it has not stored.
     pub(crate) with_store: bool,
 }
@@ -43,9 +47,9 @@ impl Trimmer {
             let Some(info) = StreamInfo::read(conn, &key).await? else {
                 continue;
             };
-            let mut cut = age_cut;
+            let mut cut = age_cut.max(self.bytes_cut(conn, &key, &info).await?);
             if self.with_store {
-                cut = cut.max(self.count_cut(&info));
+                cut = cut.max(keep_newest(&info, self.maxlen as u64, info.length));
                 match persisted_below(conn, &key).await? {
                     Some((safe, behind)) => {
                         cut = cut.min(safe);
@@ -73,19 +77,34 @@ impl Trimmer {
         Ok(())
     }
 
-    /// The id below which about `maxlen` newest entries remain: ids are
-    /// timestamps, so the cut between first and last is proportional to
-    /// the excess.
-    fn count_cut(&self, info: &StreamInfo) -> u64 {
-        let maxlen = self.maxlen as u64;
-        if info.length <= maxlen {
-            return 0;
+    /// The id below which the stream fits in `max_bytes`: bodies can be
+    /// large (32 KiB by default), so a window counted in entries alone
+    /// could hold gigabytes.
+    async fn bytes_cut(&self, conn: &mut impl ConnectionLike, key: &str, info: &StreamInfo) -> Result<u64, BusError> {
+        if self.max_bytes == 0 {
+            return Ok(0);
         }
-        let (first, last) = (protocol::id::millis(info.first), protocol::id::millis(info.last));
-        let excess = info.length - maxlen;
-        let ms = first + (last.saturating_sub(first) as u128 * excess as u128 / info.length as u128) as u64;
-        protocol::id::pack(ms, 0)
+        let used: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .map_err(|e| redis_error("MEMORY USAGE", e))?;
+        Ok(keep_newest(info, self.max_bytes, used.unwrap_or(0)))
     }
+}
+
+/// The id below which about `keep` of `total` (entries, or bytes) remain,
+/// the newest: ids are timestamps, so the cut between the first and the
+/// last entry is proportional to the excess. 0 when nothing is over.
+fn keep_newest(info: &StreamInfo, keep: u64, total: u64) -> u64 {
+    if total <= keep {
+        return 0;
+    }
+    let (first, last) = (protocol::id::millis(info.first), protocol::id::millis(info.last));
+    let excess = total - keep;
+    let ms = first + (last.saturating_sub(first) as u128 * excess as u128 / total as u128) as u64;
+    protocol::id::pack(ms, 0)
 }
 
 /// The lowest id the persister still needs (everything below is stored),
@@ -136,13 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn count_cut_keeps_about_maxlen_newest() {
-        let t = Trimmer {
-            layout: StreamLayout::new("gw", 1),
-            maxlen: 100,
-            max_age: Duration::ZERO,
-            with_store: true,
-        };
+    fn cuts_keep_about_the_newest_share() {
         let info = |length, first_ms, last_ms| StreamInfo {
             last_id: String::new(),
             length,
@@ -151,8 +164,20 @@ mod tests {
             first: protocol::id::pack(first_ms, 0),
             removed_any: false,
         };
-        assert_eq!(t.count_cut(&info(100, 1000, 2000)), 0, "within maxlen: no cut");
+        assert_eq!(
+            keep_newest(&info(100, 1000, 2000), 100, 100),
+            0,
+            "within maxlen: no cut"
+        );
         // 400 entries over 1000..2000 ms, keep 100: cut three quarters in.
-        assert_eq!(t.count_cut(&info(400, 1000, 2000)), protocol::id::pack(1750, 0));
+        assert_eq!(
+            keep_newest(&info(400, 1000, 2000), 100, 400),
+            protocol::id::pack(1750, 0)
+        );
+        // 8 MB of stream, keep 2 MB: the same three quarters.
+        assert_eq!(
+            keep_newest(&info(400, 1000, 2000), 2 << 20, 8 << 20),
+            protocol::id::pack(1750, 0)
+        );
     }
 }
