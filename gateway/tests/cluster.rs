@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use dispatcher::redis_bus::StreamLayout;
 use serde_json::json;
 use testkit::{GatewayProcess, RedisCluster, RedisServer, Wait, wait_until_async};
 
@@ -34,6 +35,23 @@ fn nodes(n: usize, bus: &[String], extra: &[&str]) -> Cluster {
 
 fn single(redis: &RedisServer) -> Vec<String> {
     vec!["--redis-url".into(), redis.url()]
+}
+
+/// The hash key tests give a cluster before its first node starts, so
+/// they know which stream each room is in.
+const HASH_KEY: &str = "00112233445566778899aabbccddeeff";
+
+fn layout() -> StreamLayout {
+    StreamLayout::new("gw", 16).with_hash_key(HASH_KEY).unwrap()
+}
+
+/// Sets [`HASH_KEY`] as the cluster's (on whichever master holds it).
+fn set_hash_key(port: u16) {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-c", "-p", &port.to_string(), "SET", "gw:hashkey", HASH_KEY])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
 }
 
 fn cluster_flags(c: &RedisCluster) -> Vec<String> {
@@ -210,6 +228,7 @@ const STEP: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_node_reads_only_its_own_rooms_shards() {
     let redis = RedisServer::start();
+    set_hash_key(redis.port);
     let cluster = nodes(2, &single(&redis), &["--stream-shards", "16"]);
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let rooms: Vec<String> = (0..40).map(|i| format!("room-{i}")).collect();
@@ -220,9 +239,8 @@ async fn a_late_node_reads_only_its_own_rooms_shards() {
     let late_room = "late";
     let mut late = guest(&b.url()).await;
     late.join(late_room).await;
-    let shard = dispatcher::redis_bus::stream_of(late_room, 16);
-    let a_shards: std::collections::HashSet<u32> =
-        rooms.iter().map(|r| dispatcher::redis_bus::stream_of(r, 16)).collect();
+    let shard = layout().stream_of(late_room);
+    let a_shards: std::collections::HashSet<u32> = rooms.iter().map(|r| layout().stream_of(r)).collect();
     assert_eq!(a.metric("gateway_bus_shard_readers"), a_shards.len() as f64);
     assert_eq!(
         b.metric("gateway_bus_shard_readers"),
@@ -234,10 +252,7 @@ async fn a_late_node_reads_only_its_own_rooms_shards() {
     for r in &rooms {
         busy.send_msg(r, json!("hello")).await;
     }
-    let in_b_shard = rooms
-        .iter()
-        .filter(|r| dispatcher::redis_bus::stream_of(r, 16) == shard)
-        .count();
+    let in_b_shard = rooms.iter().filter(|r| layout().stream_of(r) == shard).count();
     late.send_msg(late_room, json!("mine")).await;
     late.next_msg(late_room).await;
     // B read its own message and the traffic of rooms sharing its shard,
@@ -313,6 +328,24 @@ async fn a_gap_older_than_the_stream_window_is_not_recovered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_node_writes_a_random_hash_key_that_later_nodes_keep() {
+    let redis = RedisServer::start();
+    let key = || testkit::redis_command(redis.port, &["GET", "gw:hashkey"]).unwrap_or_default();
+    let first = nodes(1, &single(&redis), &[]);
+    let written = key();
+    // A bulk string of 32 hex digits: "$32\r\n<key>\r\n".
+    let hex = written.lines().nth(1).unwrap_or_default().to_string();
+    assert!(
+        hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{written:?}"
+    );
+    assert_ne!(hex, HASH_KEY);
+    let second = nodes(1, &single(&redis), &[]);
+    assert_eq!(key(), written, "a later node keeps the cluster's key");
+    drop((first, second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_window_is_bounded_in_bytes_too() {
     // 200 bodies of 30 KB (6 MB) into one stream whose window is 1 MiB:
     // far under its entry count, the trimmer still cuts it by bytes.
@@ -363,9 +396,9 @@ async fn the_stream_window_is_bounded_in_bytes_too() {
 async fn pipelined_sends_keep_order_through_a_redis_cluster() {
     // The two rooms live in different shard streams (so different slots):
     // the batch becomes one pipeline per stream.
-    use dispatcher::redis_bus::stream_of;
-    assert_ne!(stream_of("pipe-a", 16), stream_of("pipe-b", 16));
+    assert_ne!(layout().stream_of("pipe-a"), layout().stream_of("pipe-b"));
     let redis = RedisCluster::start(3);
+    set_hash_key(redis.ports[0]);
     let cluster = nodes(1, &cluster_flags(&redis), &[]);
     let mut c = guest(&cluster.nodes[0].url()).await;
     pipelined_sends_keep_order(&mut c).await;

@@ -16,7 +16,7 @@ use super::lease::NodeLease;
 use super::presence::Presence;
 use super::publish::Publisher;
 use super::readers::{ReaderContext, Readers};
-use super::streams::{StreamLayout, event_fields, message_fields, origin};
+use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, origin};
 use super::trim::Trimmer;
 use super::window::Window;
 use crate::{Bus, BusError, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
@@ -85,7 +85,14 @@ impl RedisBus {
             .await
             .map_err(|e| redis_error("PING", e))?;
         let lease = NodeLease::acquire(&mut conn, &cfg.streams, cfg.node_id.as_deref(), cfg.node_ttl).await?;
+        let key = load_hash_key(&mut conn, &cfg.streams).await?;
         drop(conn);
+        let name = cfg.streams.hash_key_name();
+        let mut cfg = cfg;
+        cfg.streams = cfg
+            .streams
+            .with_hash_key(&key)
+            .ok_or_else(|| BusError::Unavailable(format!("redis: {name} is not 32 hex digits")))?;
         // With a store, the trimmer cuts streams only below what the
         // persister has stored; without one, appends trim by count.
         let publisher = Publisher::connect(cfg.target.clone(), store.is_none().then_some(cfg.maxlen)).await?;

@@ -1,6 +1,7 @@
 //! The Redis Streams bus: any number of gateway nodes behave as one.
 //!
-//! Rooms map to a fixed number of shard streams by a stable hash; each
+//! Rooms map to a fixed number of shard streams by a keyed hash (the
+//! cluster's key, in Redis, so clients cannot steer rooms); each
 //! stream key carries its own hash tag (`gw:{s7}`), so every command
 //! touches one slot and the streams spread over a Redis Cluster's masters.
 //! A room lives in exactly one stream, whose entry ids (`ms-seq`, strictly
@@ -31,4 +32,4 @@ mod window;
 
 pub use bus::{RedisBus, RedisBusConfig};
 pub use conn::Target;
-pub use streams::{StreamLayout, stream_of};
+pub use streams::StreamLayout;

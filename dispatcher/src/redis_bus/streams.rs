@@ -10,30 +10,69 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redis::Value;
-use redis::streams::StreamId;
+use std::hash::Hasher;
 
-use crate::{Delivery, EventKind, NewMessage, StoredMessage};
+use redis::Value;
+use redis::aio::ConnectionLike;
+use redis::streams::StreamId;
+use siphasher::sip::SipHasher13;
+
+use super::conn::redis_error;
+use crate::{BusError, Delivery, EventKind, NewMessage, StoredMessage};
 
 /// The consumer group every persister joins; trimming asks it how far the
 /// store has got.
 pub const PERSISTER_GROUP: &str = "persister";
 
-/// The shard streams of one deployment: a key prefix and how many streams
-/// rooms are spread over. Every node and persister must agree on both.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The shard streams of one deployment: a key prefix, how many streams
+/// rooms are spread over, and the cluster's hash key. Every node and
+/// persister must agree on all three (the key lives in Redis).
+#[derive(Clone, PartialEq, Eq)]
 pub struct StreamLayout {
     prefix: String,
     count: u32,
+    /// SipHash key of the room-to-stream map: secret, so clients cannot
+    /// pick room names that all land on one stream.
+    key: (u64, u64),
+}
+
+impl std::fmt::Debug for StreamLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLayout")
+            .field("prefix", &self.prefix)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamLayout {
-    /// `count` must be at least 1 (settings validate it).
+    /// `count` must be at least 1 (settings validate it). The hash key is
+    /// zero until [`StreamLayout::with_hash_key`] sets the cluster's.
     pub fn new(prefix: impl Into<String>, count: u32) -> StreamLayout {
         StreamLayout {
             prefix: prefix.into(),
             count: count.max(1),
+            key: (0, 0),
         }
+    }
+
+    /// The same layout keyed with the cluster's hash key (32 hex digits, as
+    /// stored at [`StreamLayout::hash_key_name`]); `None` if malformed.
+    pub fn with_hash_key(mut self, hex: &str) -> Option<StreamLayout> {
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.key = (
+            u64::from_str_radix(&hex[..16], 16).ok()?,
+            u64::from_str_radix(&hex[16..], 16).ok()?,
+        );
+        Some(self)
+    }
+
+    /// Where the cluster's hash key is kept; the first node to start
+    /// writes it.
+    pub fn hash_key_name(&self) -> String {
+        format!("{}:hashkey", self.prefix)
     }
 
     pub fn prefix(&self) -> &str {
@@ -53,7 +92,9 @@ impl StreamLayout {
 
     /// The stream `room` lives in.
     pub fn stream_of(&self, room: &str) -> u32 {
-        stream_of(room, self.count)
+        let mut h = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        h.write(room.as_bytes());
+        (h.finish() % u64::from(self.count)) as u32
     }
 
     /// The key of the stream `room` lives in.
@@ -72,15 +113,24 @@ impl StreamLayout {
     }
 }
 
-/// The stream of `room` among `count`: FNV-1a, stable across processes
-/// and versions, unlike `RandomState`.
-pub fn stream_of(room: &str, count: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in room.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % u64::from(count.max(1))) as u32
+/// Reads the cluster's hash key, writing a random one first if there is
+/// none (the first node of a cluster to start).
+pub(crate) async fn load_hash_key(conn: &mut impl ConnectionLike, layout: &StreamLayout) -> Result<String, BusError> {
+    let name = layout.hash_key_name();
+    let fresh = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+    let _: Option<String> = redis::cmd("SET")
+        .arg(&name)
+        .arg(&fresh)
+        .arg("NX")
+        .query_async(conn)
+        .await
+        .map_err(|e| redis_error("SET NX", e))?;
+    let key: Option<String> = redis::cmd("GET")
+        .arg(&name)
+        .query_async(conn)
+        .await
+        .map_err(|e| redis_error("GET", e))?;
+    key.ok_or_else(|| BusError::Unavailable(format!("redis: {name} vanished after it was set")))
 }
 
 /// A stream entry id (`ms-seq`) as a message id; `None` when the sequence
@@ -275,13 +325,29 @@ mod tests {
 
     #[test]
     fn stream_hash_and_ids_are_stable() {
-        // Every node and every version must map a room to the same stream.
-        assert_eq!(stream_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u32);
+        // Every node and every version must map a room to the same stream
+        // under one key (SipHash-1-3 of the room name).
+        let key = "000102030405060708090a0b0c0d0e0f";
+        let layout = StreamLayout::new("gw", 16).with_hash_key(key).unwrap();
+        let mut h = SipHasher13::new_with_keys(0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f);
+        h.write(b"lobby");
+        assert_eq!(layout.stream_of("lobby"), (h.finish() % 16) as u32);
+        assert_eq!(layout.room_key("lobby"), layout.key(layout.stream_of("lobby")));
+        assert_eq!(layout.key(7), "gw:{s7}");
         assert_eq!(entry_id(parse_entry_id("1700000000000-7").unwrap()), "1700000000000-7");
         assert_eq!(parse_entry_id("12-99999999"), None, "sequence beyond 22 bits");
-        let layout = StreamLayout::new("gw", 16);
-        assert_eq!(layout.key(7), "gw:{s7}");
-        assert_eq!(layout.room_key("lobby"), layout.key(stream_of("lobby", 16)));
+        assert!(StreamLayout::new("gw", 16).with_hash_key("xyz").is_none());
+    }
+
+    #[test]
+    fn the_key_decides_where_rooms_go() {
+        // Under another key the same rooms spread differently: a client
+        // cannot compute names that land on one stream.
+        let a = StreamLayout::new("gw", 16).with_hash_key(&"1".repeat(32)).unwrap();
+        let b = StreamLayout::new("gw", 16).with_hash_key(&"2".repeat(32)).unwrap();
+        let rooms: Vec<String> = (0..64).map(|i| format!("room-{i}")).collect();
+        let differ = rooms.iter().filter(|r| a.stream_of(r) != b.stream_of(r)).count();
+        assert!(differ > 32, "only {differ} of 64 rooms moved");
     }
 
     #[test]
