@@ -1,21 +1,22 @@
-//! Frames in: control frames, reassembly of fragmented messages (with the
-//! message size limit fastwebsockets does not enforce across fragments),
-//! and text messages parsed into requests and handed to the op table
+//! Frames in: control frames, reassembly of fragmented messages (the size
+//! limit applies to the whole message, not only to each frame), UTF-8, and
+//! text messages parsed into requests and handed to the op table
 //! ([`super::ops`]). The socket layer calls [`Session::on_frame`] for each
-//! frame of a read burst.
+//! frame its [`crate::ws::reader::FrameReader`] completed.
 
-use fastwebsockets::{CloseCode, Frame, OpCode};
+use fastwebsockets::CloseCode;
 use protocol::close;
 use tokio::time::Instant;
 
 use super::end::End;
 use super::session::Session;
+use crate::ws::reader::{InFrame, OpCode};
 use crate::{metrics, ws};
 
 impl Session {
     /// Handles one frame read from the socket: control frames, reassembly
     /// of fragmented messages, and text messages as requests.
-    pub(super) async fn on_frame(&mut self, frame: Frame<'_>) {
+    pub(super) async fn on_frame(&mut self, frame: InFrame) {
         metrics::get().frames_received.increment(1);
         self.last_rx = Instant::now();
         let max = self.settings().max_frame_bytes;
@@ -26,11 +27,13 @@ impl Session {
                         close::PROTOCOL_ERROR,
                         "new message before the last one ended",
                     ));
-                } else if frame.fin {
-                    let mut payload = frame.payload;
-                    self.on_text(payload.to_mut()).await;
+                } else if !frame.fin {
+                    self.fragments = Some(frame.payload);
+                } else if std::str::from_utf8(&frame.payload).is_err() {
+                    self.end = Some(End::Close(close::INVALID_PAYLOAD, "invalid UTF-8"));
                 } else {
-                    self.fragments = Some(frame.payload.to_vec());
+                    let mut payload = frame.payload;
+                    self.on_text(&mut payload).await;
                 }
             }
             OpCode::Binary => {
@@ -62,7 +65,7 @@ impl Session {
             OpCode::Close => {
                 // RFC 6455 5.5.1 and 7.4: no payload, or a code allowed on
                 // the wire and a UTF-8 reason (else 1007, 8.1); one byte is
-                // a protocol error. The 125-byte limit is the tracker's.
+                // a protocol error. The 125-byte limit is the reader's.
                 let code = match frame.payload.split_first_chunk::<2>() {
                     None if frame.payload.is_empty() => 1000,
                     None => close::PROTOCOL_ERROR,

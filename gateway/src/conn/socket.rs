@@ -5,14 +5,17 @@
 //!
 //! The task waits on readiness only (socket readable or writable, its
 //! queue's signal, one timer, node shutdown), each a single registration
-//! kept for the connection's life. When the socket has data it runs a *read
-//! burst* in a boxed future: a fastwebsockets `WebSocket` is built over
-//! [`ws::CountingIo`] (the socket's read half), frames are read and handled
-//! until the read buffer is provably empty, then the `WebSocket`, its buffer
-//! and the burst's state are freed. `read_frame` is not cancel-safe, so it is
-//! dropped only with the connection (a stalled half-frame timing out, node
-//! shutdown); while it waits for the rest of a frame, the queue is still
-//! written through the write half.
+//! kept for the connection's life. When the socket has data it reads it
+//! with non-blocking reads into a buffer on the stack of a plain function
+//! and feeds it to a [`FrameReader`]; the frames it completes are handled
+//! in order (in a boxed future: the handlers' state is not part of every
+//! idle task). What was read and not handled yet lives in a box that exists
+//! only while it is not empty. Nothing here is cancelled mid-read, so the
+//! queue is written and the wait goes on while a frame is half received
+//! (a client silent for two ping intervals, half a frame included, is
+//! dropped). While replies above the high-water mark wait, frames already
+//! read wait too and nothing more is read, so pipelined requests cannot
+//! pile up replies; TCP pushes back on the client.
 //!
 //! Outbound frames are already encoded (`hub::Out`); the task writes them
 //! straight from its queue with vectored, non-blocking writes, so no write
@@ -20,29 +23,30 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Role, WebSocket, WebSocketError};
-use parking_lot::Mutex;
 use protocol::close;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::end::End;
 use super::session::Session;
 use crate::hub::{ConnHandle, Out};
 use crate::metrics;
-use crate::ws::{self, CountingIo, FrameTracker};
+use crate::ws;
+use crate::ws::reader::{FrameError, FrameReader, InFrame};
 
 /// Frames written in one vectored write.
 const MAX_IOV: usize = 64;
-/// Frames one read burst handles before it pauses at a frame boundary.
-const MAX_BURST_FRAMES: u64 = 64;
+/// Frames handled in a row before the task writes and waits again.
+const MAX_BURST_FRAMES: usize = 64;
+/// Bytes read per `read` call (on the stack of the reading call).
+const READ_BUF: usize = 8 << 10;
+/// Bytes read per wake before the task handles, writes and waits again.
+const MAX_READ_PER_WAKE: usize = 256 << 10;
 /// Most unread client bytes drained after a close frame.
 const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 /// Time allowed to write the last frames and the close frame.
@@ -116,7 +120,39 @@ enum Wake {
     Timer,
 }
 
-/// Serves the socket until the connection ends: waits, reads, writes.
+/// What a connection read and has not handled yet: the reader's unfinished
+/// frame, complete frames waiting their turn, and how reading ended. Boxed
+/// and held only while any of it exists, so an idle connection keeps none.
+#[derive(Default)]
+struct Inbound {
+    reader: FrameReader,
+    frames: VecDeque<InFrame>,
+    /// Reading is over (EOF, or bytes that break the framing); frames that
+    /// came before it are still handled, then the connection ends so.
+    ended: Option<End>,
+}
+
+impl Inbound {
+    fn idle(&self) -> bool {
+        self.reader.at_boundary() && self.frames.is_empty() && self.ended.is_none()
+    }
+
+    /// Parses `data`; a framing error ends reading (after the frames before).
+    fn feed(&mut self, data: &[u8], max: usize) {
+        if self.ended.is_some() {
+            return;
+        }
+        if let Err(e) = self.reader.feed(data, max, &mut self.frames) {
+            self.ended = Some(match e {
+                FrameError::Protocol(why) => End::Close(close::PROTOCOL_ERROR, why),
+                FrameError::TooBig(_) => End::Close(close::TOO_BIG, "frame too big"),
+            });
+        }
+    }
+}
+
+/// Serves the socket until the connection ends: waits, reads, handles,
+/// writes.
 pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> End {
     let shutdown = s.node().shutdown.clone();
     // The wait below runs once per delivery: its shutdown waiter and timer
@@ -127,6 +163,13 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
     tokio::pin!(cancelled);
     let timer = tokio::time::sleep_until(s.next_deadline());
     tokio::pin!(timer);
+    let mut inbound: Option<Box<Inbound>> = None;
+    if !prefix.is_empty() {
+        // Bytes hyper read past the upgrade request are the first read.
+        let i = inbound.get_or_insert_default();
+        i.feed(prefix, s.settings().max_frame_bytes);
+        *prefix = Bytes::new();
+    }
     loop {
         if let Some(end) = s.take_end() {
             return end;
@@ -134,11 +177,24 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
         if s.handle().overflowed() {
             return slow_consumer(OVERFLOWED);
         }
-        if !prefix.is_empty() {
-            if let Err(end) = Box::pin(read_burst(tcp, prefix, s)).await {
+        // Frames already read are handled while replies are below the
+        // high-water mark; above it they wait, and nothing more is read.
+        if let Some(i) = &mut inbound {
+            let replies_low = s.handle().queue.lock().own_bytes < high_water(s);
+            if !i.frames.is_empty() && replies_low {
+                Box::pin(handle_frames(tcp, i, s)).await;
+                continue;
+            }
+            if i.frames.is_empty()
+                && let Some(end) = i.ended.take()
+            {
+                // Boxed: the send pipeline's state is not part of every idle task.
+                Box::pin(s.flush_sends()).await;
                 return end;
             }
-            continue;
+            if i.idle() {
+                inbound = None;
+            }
         }
         // Write what is queued straight away: the socket is usually
         // writable, and when it is not the attempt costs no syscall (or
@@ -146,10 +202,11 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
         if !s.handle().queue.lock().items.is_empty() && flush(tcp, s).is_err() {
             return End::Drop("write failed");
         }
-        let (wants_write, may_read, stalled) = {
+        let (wants_write, replies_low, stalled) = {
             let q = s.handle().queue.lock();
             (!q.items.is_empty(), q.own_bytes < high_water(s), q.stalled_since)
         };
+        let may_read = replies_low && inbound.as_ref().is_none_or(|i| i.frames.is_empty());
         let write_timeout = s.settings().write_timeout;
         let mut deadline = s.next_deadline();
         if let Some(since) = stalled {
@@ -186,15 +243,7 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
                 if ready.is_err() {
                     return End::Drop("socket error");
                 }
-                match has_data(tcp) {
-                    Ok(true) => {
-                        if let Err(end) = Box::pin(read_burst(tcp, prefix, s)).await {
-                            return end;
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(_) => return End::Drop("socket error"),
-                }
+                read_available(tcp, &mut inbound, s.settings().max_frame_bytes);
             }
             // The loop's top writes.
             Wake::Writable(ready) => {
@@ -215,145 +264,63 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
     }
 }
 
-/// Whether the socket really has bytes (or EOF) to read. Readiness can be
-/// stale after a burst that stopped at a frame boundary; starting a burst
-/// then would wait inside `read_frame`. A `WouldBlock` here clears tokio's
-/// readiness, so the next `readable()` waits for new data.
-fn has_data(tcp: &TcpStream) -> io::Result<bool> {
-    let fd = tcp.as_raw_fd();
-    let peeked = tcp.try_io(Interest::READABLE, || {
-        let mut byte = 0u8;
-        // SAFETY: one valid byte of buffer; MSG_PEEK leaves the data queued.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n) }
-    });
-    match peeked {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(e),
+/// Reads what the socket has into the frame reader, until it would block
+/// (or a burst's worth came in). Not async: the read buffer lives on this
+/// call's stack, never in the connection's future.
+fn read_available(tcp: &TcpStream, inbound: &mut Option<Box<Inbound>>, max_frame: usize) {
+    let mut buf = [0u8; READ_BUF];
+    let mut total = 0;
+    loop {
+        let read = tcp.try_read(&mut buf);
+        let i = inbound.get_or_insert_default();
+        match read {
+            Ok(0) => {
+                i.ended.get_or_insert(End::Drop("connection lost"));
+                return;
+            }
+            Ok(n) => {
+                i.feed(&buf[..n], max_frame);
+                total += n;
+                if i.ended.is_some() || total >= MAX_READ_PER_WAKE || i.frames.len() >= MAX_BURST_FRAMES {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                i.ended.get_or_insert(End::Drop("socket error"));
+                return;
+            }
+        }
     }
 }
 
-/// Reads and handles frames until every byte read belongs to a handled
-/// frame. Errors end the connection.
-async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> Result<(), End> {
-    let tracker = Mutex::new(FrameTracker::default());
-    let (read_half, write_half) = tcp.split();
-    let out: &TcpStream = write_half.as_ref();
-    let mut io = CountingIo {
-        tcp: read_half,
-        prefix,
-        tracker: &tracker,
-    };
-    let mut ws = WebSocket::after_handshake(&mut io, Role::Server);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    // fastwebsockets refuses a frame whose length is >= this.
-    ws.set_max_message_size(s.settings().max_frame_bytes + 1);
-    let mut stall = s.settings().ping_interval * 2;
-    if let Some(deadline) = s.auth_deadline() {
-        // Before auth, nothing may hold the connection past the deadline.
-        stall = stall.min(deadline.saturating_duration_since(Instant::now()));
-    }
-    let shutdown = s.node().shutdown.clone();
-    let mut returned = 0u64;
-    loop {
-        // While a frame is half read (a slow upload), what is queued for
-        // the client is still written: the read stays pending (never
-        // dropped mid-frame, except when the connection ends) while the
-        // queue's signal and the socket's writability are served.
-        let read = {
-            let frame = tokio::time::timeout(stall, ws.read_frame());
-            let cancelled = shutdown.cancelled();
-            tokio::pin!(frame, cancelled);
-            loop {
-                let wants_write = !s.handle().queue.lock().items.is_empty();
-                let handle = s.handle();
-                let wake = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(read) = frame.as_mut().poll(cx) {
-                        return Poll::Ready(Some(Ok(read)));
-                    }
-                    if cancelled.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(Err(())));
-                    }
-                    if wants_write && out.poll_write_ready(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
-                    if handle.poll_signal(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
-                    Poll::Pending
-                })
-                .await;
-                match wake {
-                    Some(Ok(read)) => break read,
-                    Some(Err(())) => {
-                        s.flush_sends().await;
-                        return Err(End::Close(close::GOING_AWAY, "node draining"));
-                    }
-                    None => {
-                        if flush(out, s).is_err() {
-                            return Err(End::Drop("write failed"));
-                        }
-                        if s.handle().overflowed() {
-                            return Err(slow_consumer(OVERFLOWED));
-                        }
-                    }
-                }
-            }
-        };
-        let frame = match read {
-            Err(_) => return Err(End::Drop("stalled in the middle of a frame")),
-            // A frame header the tracker refused (RFC 6455 5.1, 5.5) failed the read.
-            Ok(Err(_)) if let Some(why) = tracker.lock().violation => {
-                return Err(End::Close(close::PROTOCOL_ERROR, why));
-            }
-            Ok(Err(e)) => return Err(ws_error_end(e)),
-            Ok(Ok(frame)) => frame,
-        };
-        returned += 1;
+/// Handles frames already read, in order, until none are left, replies
+/// reach the high-water mark, a handler ends the connection, or a burst's
+/// worth was handled (the main loop then writes and waits before more).
+/// Replies are written as they come.
+async fn handle_frames(tcp: &TcpStream, i: &mut Inbound, s: &mut Session) {
+    let mut handled = 0;
+    while let Some(frame) = i.frames.pop_front() {
         s.on_frame(frame).await;
+        handled += 1;
         if s.ending() {
             s.flush_sends().await;
-            return Ok(());
+            return;
         }
         // Sends are published together while more requests are already
         // here; once none are, or the batch is full, out they go.
-        if s.sends_due(|| tracker.lock().completed > returned) {
+        if s.sends_due(|| !i.frames.is_empty()) {
             s.flush_sends().await;
         }
-        let (has_output, own_bytes) = {
-            let q = s.handle().queue.lock();
-            (!q.items.is_empty(), q.own_bytes)
-        };
-        let buffered = {
-            let t = tracker.lock();
-            !(t.at_boundary() && t.completed == returned)
-        };
-        if own_bytes >= high_water(s) && buffered {
-            // Requests already read wait until the replies are taken (sends
-            // already checked go out first rather than wait with them).
-            s.flush_sends().await;
-            wait_for_replies_taken(out, s, &shutdown).await?;
-        }
-        let mut t = tracker.lock();
-        // With output waiting (or after a long run of frames), stop at the
-        // next frame boundary so the main loop writes, and applies its
-        // read backpressure, before reading more.
-        if has_output || returned >= MAX_BURST_FRAMES {
-            t.pausing = true;
-        }
-        if t.at_boundary() && t.completed == returned {
-            return Ok(());
+        let _ = flush(tcp, s);
+        let replies_low = s.handle().queue.lock().own_bytes < high_water(s);
+        if !replies_low || handled >= MAX_BURST_FRAMES {
+            break;
         }
     }
+    // Requests left waiting: sends already checked go out now rather than
+    // wait with them.
+    s.flush_sends().await;
 }
 
 /// Whether queued output has waited longer than the write timeout with
@@ -361,67 +328,6 @@ async fn read_burst(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) ->
 fn write_stalled(s: &Session) -> bool {
     let since = s.handle().queue.lock().stalled_since;
     since.is_some_and(|t| t + s.settings().write_timeout <= Instant::now())
-}
-
-/// Inside a read burst whose replies reached the high-water mark: writes
-/// until they drop below it before the next request already read is
-/// handled. A client that takes nothing for the write timeout is closed.
-async fn wait_for_replies_taken(out: &TcpStream, s: &Session, shutdown: &CancellationToken) -> Result<(), End> {
-    loop {
-        if flush(out, s).is_err() {
-            return Err(End::Drop("write failed"));
-        }
-        let (own_bytes, stalled, overflowed) = {
-            let q = s.handle().queue.lock();
-            (q.own_bytes, q.stalled_since, q.overflowed)
-        };
-        if overflowed {
-            return Err(slow_consumer(OVERFLOWED));
-        }
-        if own_bytes < high_water(s) {
-            return Ok(());
-        }
-        let deadline = stalled.unwrap_or_else(Instant::now) + s.settings().write_timeout;
-        let timer = tokio::time::sleep_until(deadline);
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(timer, cancelled);
-        let handle = s.handle();
-        let timed_out = std::future::poll_fn(|cx| {
-            if cancelled.as_mut().poll(cx).is_ready() || out.poll_write_ready(cx).is_ready() {
-                return Poll::Ready(false);
-            }
-            if handle.poll_signal(cx).is_ready() {
-                return Poll::Ready(false);
-            }
-            timer.as_mut().poll(cx).map(|()| true)
-        })
-        .await;
-        if shutdown.is_cancelled() {
-            return Err(End::Close(close::GOING_AWAY, "node draining"));
-        }
-        if timed_out {
-            return Err(slow_consumer(NO_PROGRESS));
-        }
-    }
-}
-
-fn ws_error_end(e: WebSocketError) -> End {
-    match e {
-        WebSocketError::FrameTooLarge => End::Close(close::TOO_BIG, "frame too big"),
-        WebSocketError::InvalidUTF8 => End::Close(close::INVALID_PAYLOAD, "invalid UTF-8"),
-        WebSocketError::ReservedBitsNotZero => End::Close(
-            close::PROTOCOL_ERROR,
-            "reserved bits set (compression is not supported)",
-        ),
-        WebSocketError::ControlFrameFragmented
-        | WebSocketError::PingFrameTooLarge
-        | WebSocketError::InvalidFragment
-        | WebSocketError::InvalidContinuationFrame
-        | WebSocketError::InvalidValue
-        | WebSocketError::InvalidCloseFrame
-        | WebSocketError::InvalidCloseCode => End::Close(close::PROTOCOL_ERROR, "protocol error"),
-        _ => End::Drop("connection lost"),
-    }
 }
 
 /// Writes queued frames until the queue is empty or the socket is full.
