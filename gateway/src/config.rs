@@ -163,6 +163,49 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub http_body_timeout: Duration,
 
+    /// WebSocket connections this node holds at once; past it upgrades get
+    /// 503 with `Retry-After`. 0: the open-file limit less a tenth of it
+    /// (at least 256 descriptors kept for everything else).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// WebSocket connections one client IP may hold on this node (503 past
+    /// it). 0: no cap. Behind a proxy, see `trusted_proxies`.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
+    /// Connections one authenticated user may hold on this node; the next
+    /// is refused after `auth` (`rate_limited`, close 4029). 0: no cap.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: u32,
+
+    /// Proxies whose `client_ip_header` is believed (comma-separated IPs or
+    /// CIDRs). Other peers are the client themselves.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
+    /// Header a trusted proxy puts the client's address in (e.g.
+    /// `X-Forwarded-For`); its right-most untrusted entry is the client.
+    /// Unset: no header is read.
+    #[arg(long, env = "GATEWAY_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+
+    /// Origins whose pages may open WebSockets (comma-separated
+    /// `scheme://host[:port]`, or `*`); other browser upgrades get 403.
+    /// Unset: any origin with JWT auth; with guests, only loopback pages.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// A second listener for `/metrics`, `/healthz` and `/readyz` (e.g.
+    /// `127.0.0.1:9090`); when set, `/metrics` leaves the client listener.
+    #[arg(long, env = "GATEWAY_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
+
+    /// Resident memory (bytes) past which upgrades get 503. 0: 80% of the
+    /// cgroup's memory limit, or of the machine's memory.
+    #[arg(long, env = "GATEWAY_MAX_MEMORY", default_value_t = 0)]
+    pub max_memory: u64,
+
     /// Time allowed to drain on SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -202,6 +245,8 @@ pub struct Settings {
     pub shards: usize,
     /// Redis, streams and the CQL store, checked.
     pub cluster: Cluster,
+    /// Trusted proxies and allowed origins, parsed.
+    pub admission: crate::admission::Policy,
 }
 
 impl Config {
@@ -302,6 +347,26 @@ impl Config {
             };
             return Err(invalid("jwt_secret", why));
         }
+        if c.max_memory != 0 && c.max_memory < 1 << 20 {
+            return Err(invalid("max_memory", "must be 0 (derived) or at least 1048576 bytes"));
+        }
+        if let Some(internal) = c.internal_listen
+            && internal.port() != 0
+            && internal.port() == c.listen.port()
+            && (internal.ip() == c.listen.ip() || internal.ip().is_unspecified() || c.listen.ip().is_unspecified())
+        {
+            return Err(invalid(
+                "internal_listen",
+                format!("{internal} is the client listener's address"),
+            ));
+        }
+        let admission = crate::admission::Policy::parse(
+            &c.trusted_proxies,
+            c.client_ip_header.as_deref(),
+            c.allowed_origins.as_deref(),
+            anonymous,
+        )
+        .map_err(|e| invalid(e.setting(), e.to_string()))?;
         let shards = if c.shards == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -316,6 +381,7 @@ impl Config {
             anonymous,
             shards,
             cluster,
+            admission,
         })
     }
 

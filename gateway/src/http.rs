@@ -7,8 +7,15 @@
 //! 6455 4.1, 4.2.2), and how long a request body may take to arrive
 //! (`http_body_timeout`, else 408 and the connection closes). A request
 //! head must arrive within [`HEADER_READ_TIMEOUT`] (hyper's timer).
+//!
+//! An upgrade is then put to [`crate::admission`] (origin, memory, caps);
+//! a refusal is 403 or 503 with `Retry-After`, and closes the connection.
+//! The internal listener ([`Listener::Internal`]) serves only `/metrics`,
+//! `/healthz` and `/readyz`; while it exists, the client listener serves
+//! no `/metrics`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +34,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 
+use crate::admission::Refusal;
 use crate::view::view;
 use crate::{Node, auth, conn, metrics};
 
@@ -37,14 +45,24 @@ type Body = Full<Bytes>;
 /// closes it. So it also bounds idle keep-alive connections.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one accepted TCP connection: HTTP/1.1 until it upgrades to a
-/// WebSocket or closes.
-pub async fn serve_connection(node: Arc<Node>, stream: TcpStream) {
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Clients: `/ws`, the server API, health, and `/metrics` unless there
+    /// is an internal listener.
+    Client,
+    /// `--internal-listen`: `/metrics`, `/healthz`, `/readyz` only.
+    Internal,
+}
+
+/// Serves one accepted TCP connection from `peer`: HTTP/1.1 until it
+/// upgrades to a WebSocket or closes.
+pub async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, listener: Listener) {
     let _ = stream.set_nodelay(true);
     let shutdown = node.shutdown.clone();
     let svc = service_fn(move |req| {
         let node = node.clone();
-        async move { Ok::<_, Infallible>(route(node, req).await) }
+        async move { Ok::<_, Infallible>(route(node, req, peer, listener).await) }
     });
     let draining = shutdown.is_cancelled();
     let conn = http1::Builder::new()
@@ -68,14 +86,16 @@ pub async fn serve_connection(node: Arc<Node>, stream: TcpStream) {
     }
 }
 
-async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, listener: Listener) -> Response<Body> {
     metrics::get().http_requests.increment(1);
     if let Some(problem) = host_problem(&req) {
         return closing(text(StatusCode::BAD_REQUEST, problem));
     }
     let path = req.uri().path();
+    let internal = listener == Listener::Internal;
+    let metrics_here = internal || node.settings.config.internal_listen.is_none();
     match (req.method(), path) {
-        (&Method::GET, "/ws") => upgrade(node, req),
+        (&Method::GET, "/ws") if !internal => upgrade(node, req, peer),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
@@ -84,10 +104,11 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::GET, "/metrics") => Response::builder()
+        (&Method::GET, "/metrics") if metrics_here => Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(node.prometheus.render())))
             .expect("static response parts"),
+        _ if internal => text(StatusCode::NOT_FOUND, "not found\n"),
         _ if path.starts_with("/api/rooms/") => api(node, req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -159,9 +180,10 @@ fn api_error(code: ErrorCode, message: &str) -> Response<Body> {
     )
 }
 
-fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if node.shutdown.is_cancelled() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        metrics::connection_refused(Refusal::Draining.reason());
+        return text(StatusCode::SERVICE_UNAVAILABLE, Refusal::Draining.message());
     }
     // RFC 6455 4.1: the handshake is an HTTP/1.1 request (HTTP/1.0 has no
     // Upgrade).
@@ -184,6 +206,12 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return response;
     }
+    // Counted from here until the connection task ends (or the handshake
+    // fails and the task never starts).
+    let slot = match node.admission.admit(req.headers(), peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => return refused(refusal),
+    };
     let header_auth = auth::bearer(req.headers()).map(|token| node.auth.authenticate(Some(token)));
     // Take hyper's upgrade handle first: fastwebsockets' own future would
     // build a WebSocket with a read buffer we do not want to keep.
@@ -199,6 +227,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     };
     let conn_node = node.clone();
     node.tracker.spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
@@ -218,6 +247,29 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
         }
     });
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// Seconds a refused client is told to wait: 5, plus up to 4 at random so
+/// that clients refused together do not all come back together.
+fn retry_after_secs() -> u32 {
+    5 + rand::random_range(0..5)
+}
+
+/// An upgrade refused by admission control: 403 for a foreign origin, else
+/// 503 with `Retry-After`. Either closes the connection, so a refused
+/// client holds no descriptor while it waits.
+fn refused(refusal: Refusal) -> Response<Body> {
+    metrics::connection_refused(refusal.reason());
+    let mut response = match refusal {
+        Refusal::Origin => text(StatusCode::FORBIDDEN, refusal.message()),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, refusal.message()),
+    };
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs()));
+    }
+    closing(response)
 }
 
 /// 426 with the `Upgrade` (and `Connection`) header RFC 9110 15.5.22 asks for.

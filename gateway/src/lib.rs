@@ -20,11 +20,14 @@
 //! - [`ws`]: frame encoding and the idle-buffer-free read path.
 //! - [`view`]: the one stored-message-to-protocol mapping every encoder
 //!   uses.
+//! - [`admission`]: which upgrades and users a node takes (origins,
+//!   connection caps per node, IP and user, the memory budget).
 //! - [`auth`]: JWT and guests. [`metrics`]: `gateway_*` metrics.
 //! - `server`: [`run`] wires them to the bus (`dispatcher`) and the store
 //!   (`storage`) and serves until the shutdown token is cancelled, then
 //!   drains.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 mod conn;

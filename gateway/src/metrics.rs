@@ -72,6 +72,12 @@ pub fn connection_closed(code: &'static str) {
     counter!("gateway_connections_closed_total", "code" => code).increment(1);
 }
 
+/// Connections refused at the upgrade or after `auth`, by reason
+/// (`admission::Refusal::reason`: a small fixed set).
+pub fn connection_refused(reason: &'static str) {
+    counter!("gateway_connections_refused_total", "reason" => reason).increment(1);
+}
+
 /// Requests by op (a fixed set) and error replies by code.
 pub fn request(op: &'static str) {
     counter!("gateway_ws_requests_total", "op" => op).increment(1);

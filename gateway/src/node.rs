@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::{auth, hub};
+use crate::{admission, auth, hub};
 
 /// What every connection and handler of one node shares.
 pub struct Node {
@@ -24,6 +24,8 @@ pub struct Node {
     /// Connections and upgrades, awaited when draining.
     pub tracker: TaskTracker,
     pub prometheus: PrometheusHandle,
+    /// Connection caps, origins, the memory budget.
+    pub admission: Arc<admission::Admission>,
 }
 
 impl Node {

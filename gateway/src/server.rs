@@ -1,7 +1,11 @@
 //! [`run`]: one node from start to drained. It builds the node's backend
 //! (the bus, the history store, the persister, chosen by the settings),
 //! accepts connections until the shutdown token is cancelled, then drains.
+//! With `internal_listen` set it also serves the internal listener
+//! (`/metrics`, `/healthz`, `/readyz`), bound here (port 0 works; the bound
+//! address is logged as `internal listener`), until the drain is over.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::http::Listener;
 use crate::node::Node;
-use crate::{auth, http, hub, metrics};
+use crate::{admission, auth, http, hub, metrics};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,8 @@ pub enum GatewayError {
     Bus(#[from] dispatcher::BusError),
     #[error("listener {0}")]
     Listener(std::io::Error),
+    #[error("binding the internal listener {addr}: {source}")]
+    InternalListener { addr: SocketAddr, source: std::io::Error },
 }
 
 /// How long the persister may take to finish its batch after the drain.
@@ -40,6 +47,15 @@ const PERSISTER_STOP: Duration = Duration::from_secs(5);
 pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> Result<(), GatewayError> {
     let prometheus = metrics::install();
     let c = &settings.config;
+    // Bound before the backend starts, so a taken port fails fast.
+    let internal = match c.internal_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::InternalListener { addr, source })?,
+        ),
+        None => None,
+    };
     let hub = hub::Hub::new(
         settings.shards,
         hub::QueueLimits {
@@ -68,6 +84,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         "gateway node serving"
     );
     let grace = c.shutdown_grace;
+    let admission = admission::Admission::new(&settings);
     let node = Arc::new(Node {
         node_id: backend.node_id,
         auth: auth::Authenticator::new(&settings),
@@ -77,8 +94,16 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         prometheus,
+        admission,
     });
+    let internal = match internal {
+        Some(l) => Some(serve_internal(&node, l)?),
+        None => None,
+    };
     serve(&node, listener, grace).await;
+    if let Some(task) = internal {
+        task.abort();
+    }
     node.bus.close().await;
     stop_persister(persister, persister_stop).await;
     tracing::info!("drained");
@@ -158,13 +183,14 @@ async fn serve(node: &Arc<Node>, listener: TcpListener, grace: Duration) {
         async move {
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
+                        let conn = http::serve_connection(node.clone(), stream, peer, Listener::Client);
                         // Connections accepted while draining only get 503s;
                         // the drain does not wait for them.
                         if node.shutdown.is_cancelled() {
-                            tokio::spawn(http::serve_connection(node.clone(), stream));
+                            tokio::spawn(conn);
                         } else {
-                            node.tracker.spawn(http::serve_connection(node.clone(), stream));
+                            node.tracker.spawn(conn);
                         }
                     }
                     Err(e) => {
@@ -194,6 +220,28 @@ async fn serve(node: &Arc<Node>, listener: TcpListener, grace: Duration) {
             "grace period over; closing the remaining connections"
         );
     }
+}
+
+/// Serves the internal listener until the returned task is aborted. Its
+/// connections are not tracked: the drain does not wait for a scraper,
+/// and `/readyz` there answers 503 while the node drains.
+fn serve_internal(node: &Arc<Node>, listener: TcpListener) -> Result<JoinHandle<()>, GatewayError> {
+    let addr = listener.local_addr().map_err(GatewayError::Listener)?;
+    tracing::info!(%addr, "internal listener");
+    let node = node.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    tokio::spawn(http::serve_connection(node.clone(), stream, peer, Listener::Internal));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "internal accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }))
 }
 
 async fn stop_persister(task: Option<JoinHandle<()>>, stop: CancellationToken) {

@@ -86,6 +86,7 @@ mod tests {
                 store,
                 std::sync::Arc::new(crate::hub::Router { hub: hub.clone() }),
             ));
+            let admission = crate::admission::Admission::new(&settings);
             let node = std::sync::Arc::new(crate::Node {
                 node_id: "gw-0".into(),
                 auth: crate::auth::Authenticator::new(&settings),
@@ -95,6 +96,7 @@ mod tests {
                 shutdown: Default::default(),
                 tracker: Default::default(),
                 prometheus: crate::metrics::install(),
+                admission,
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

@@ -9,7 +9,8 @@
 //!   the decided end (`take_end`, `ending`), `handle`, `node`, `settings`,
 //!   `auth_deadline`;
 //! - to frames and ops: `reply`, `error`, `bad_frame`, `rate_ok`, `joined`,
-//!   and the `pub(super)` fields.
+//!   `admit_user` (the per-user cap, before an identity is taken), and the
+//!   `pub(super)` fields.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 use super::end::End;
 use crate::Node;
+use crate::admission::UserSlot;
 use crate::auth::{AuthError, Identity};
 use crate::config::Config;
 use crate::hub::{ConnHandle, Out};
@@ -98,6 +100,8 @@ pub(super) struct Session {
     pub(super) pending_sends: Vec<PendingSend>,
     /// Set by a handler; the socket layer carries it out.
     pub(super) end: Option<End>,
+    /// This connection's place in its user's count, once authenticated.
+    user_slot: Option<UserSlot>,
 }
 
 impl Session {
@@ -125,18 +129,42 @@ impl Session {
             identity: None,
             rooms: Vec::new(),
             end: None,
+            user_slot: None,
             node,
             handle,
         };
         match header_auth {
             None => {}
-            Some(Ok(identity)) => s.identity = Some(identity),
+            Some(Ok(identity)) if s.admit_user(None, &identity) => s.identity = Some(identity),
+            Some(Ok(_)) => {}
             Some(Err(e)) => {
                 s.error(None, ErrorCode::Unauthorized, &e.to_string());
                 s.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
             }
         }
         s
+    }
+
+    /// Takes a place in `identity`'s user count before the connection
+    /// becomes that user's (a later token op for the same user keeps its
+    /// place). Over the per-user cap: `rate_limited` (echoing `id`), close
+    /// 4029 (back off), and `false`.
+    pub(super) fn admit_user(&mut self, id: Option<i64>, identity: &Identity) -> bool {
+        if self.user_slot.as_ref().is_some_and(|s| s.is_for(&identity.user)) {
+            return true;
+        }
+        match self.node.admission.admit_user(&identity.user) {
+            Ok(slot) => {
+                self.user_slot = Some(slot);
+                true
+            }
+            Err(refusal) => {
+                metrics::connection_refused(refusal.reason());
+                self.error(id, ErrorCode::RateLimited, refusal.message());
+                self.end = Some(End::Close(close::RATE_LIMITED, refusal.message()));
+                false
+            }
+        }
     }
 
     pub(super) fn node(&self) -> &Node {

@@ -11,6 +11,9 @@ impl Session {
     pub(super) fn on_auth(&mut self, id: Option<i64>, token: Option<&str>) {
         match self.node.auth.authenticate(token) {
             Ok(identity) => {
+                if !self.admit_user(id, &identity) {
+                    return;
+                }
                 self.reply(
                     Obj::new("ok")
                         .id(id)
