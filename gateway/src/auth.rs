@@ -2,18 +2,22 @@
 //!
 //! The algorithm is pinned by configuration; a token whose header names any
 //! other (including `none`) is refused. `sub` and `exp` are required, `nbf`
-//! is honoured, `aud`/`iss` are checked when configured. The optional
-//! `rooms` claim replaces the default room policy for that user.
+//! is honoured, `aud`/`iss` are required and checked when configured (RFC
+//! 8725 3.9: a token minted for another service must not pass for one of
+//! ours). `sub` must be a valid user id ([`protocol::user`]): it is shown
+//! to other clients. The optional `rooms` claim replaces the default room
+//! policy for that user.
+//!
+//! A refused token is answered with a short fixed reason; the library's
+//! (claim names, offsets, encodings) is logged at debug, never sent.
 
 use std::sync::Arc;
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Validation, decode};
 use serde::Deserialize;
 
 use crate::config::{JwtSettings, Settings};
-
-/// Longest user id accepted from a token.
-const MAX_USER_LEN: usize = 256;
 
 /// Who a connection is, once authenticated.
 #[derive(Debug, Clone)]
@@ -35,8 +39,17 @@ pub enum AuthError {
     TokenRequired,
     #[error("no JWT key is configured; only anonymous access is possible")]
     NoKey,
-    #[error("invalid token: {0}")]
-    Invalid(String),
+    #[error("{reason}")]
+    Invalid {
+        reason: &'static str,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error(
+        "invalid token: sub must be 1 to {} bytes without control, bidirectional or invisible format characters",
+        protocol::user::MAX_USER_LEN
+    )]
+    BadUser,
 }
 
 #[derive(Deserialize)]
@@ -63,16 +76,25 @@ impl Authenticator {
         install_crypto_provider();
         let jwt = settings.jwt.clone().map(|jwt| {
             let mut v = Validation::new(jwt.algorithm);
-            v.set_required_spec_claims(&["exp", "sub"]);
+            // jsonwebtoken checks `aud`/`iss` only when the token has them,
+            // unless they are required.
+            let mut required = vec!["exp", "sub"];
             v.leeway = 5;
+            // `exp` is checked (validate_exp is on by default), `nbf` when given.
+            v.validate_exp = true;
             v.validate_nbf = true;
             match &jwt.audience {
-                Some(aud) => v.set_audience(&[aud]),
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    required.push("aud");
+                }
                 None => v.validate_aud = false,
             }
             if let Some(iss) = &jwt.issuer {
                 v.set_issuer(&[iss]);
+                required.push("iss");
             }
+            v.set_required_spec_claims(&required);
             (jwt, v)
         });
         Authenticator {
@@ -93,10 +115,22 @@ impl Authenticator {
 
     fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let (jwt, validation) = self.jwt.as_ref().ok_or(AuthError::NoKey)?;
-        let data = decode::<Claims>(token, &jwt.key, validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let data = decode::<Claims>(token, &jwt.key, validation).map_err(|source| {
+            tracing::debug!(error = %source, "token refused");
+            let reason = match source.kind() {
+                ErrorKind::ExpiredSignature => "token expired",
+                ErrorKind::ImmatureSignature => "token not valid yet",
+                _ => "invalid token",
+            };
+            AuthError::Invalid { reason, source }
+        })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > MAX_USER_LEN {
-            return Err(AuthError::Invalid(format!("sub must be 1 to {MAX_USER_LEN} bytes")));
+        if !protocol::user::is_valid_user_id(&claims.sub) {
+            tracing::debug!(
+                sub_bytes = claims.sub.len(),
+                "token refused: sub is not a valid user id"
+            );
+            return Err(AuthError::BadUser);
         }
         let rooms = match claims.rooms {
             Some(r) => r.into(),

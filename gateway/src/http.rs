@@ -294,10 +294,10 @@ async fn read_body(node: &Node, body: Incoming, limit: usize) -> Result<Bytes, R
             ErrorCode::TooLarge,
             &format!("request body is over {limit} bytes"),
         )),
-        Ok(Err(e)) => Err(api_error(
-            ErrorCode::BadRequest,
-            &format!("reading the request body failed: {e}"),
-        )),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "server API: reading the request body failed");
+            Err(api_error(ErrorCode::BadRequest, "reading the request body failed"))
+        }
         Err(_) => {
             let message = format!(
                 "request body not received within {}",
@@ -312,9 +312,15 @@ async fn read_body(node: &Node, body: Incoming, limit: usize) -> Result<Bytes, R
 
 #[derive(Deserialize)]
 struct ApiPublish<'a> {
-    #[serde(borrow)]
+    /// `Some` whenever the field is there, `null` included (a body may be
+    /// any JSON value); serde's `Option` would read `null` as absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
     from: Option<String>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// `POST|GET /api/rooms/{room}/messages`, behind the API key.
@@ -352,9 +358,17 @@ async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> R
         Ok(b) => b,
         Err(response) => return response,
     };
+    // serde_json's words (offsets, type names) are logged, not sent.
     let parsed: ApiPublish = match serde_json::from_slice(&bytes) {
         Ok(p) => p,
-        Err(e) => return api_error(ErrorCode::BadRequest, &format!("malformed JSON: {e}")),
+        Err(e) => {
+            tracing::debug!(error = %e, "server API: refused request body");
+            let message = match e.classify() {
+                serde_json::error::Category::Data => "a request is {\"body\":<any JSON>,\"from\":<user id>?}",
+                _ => "malformed JSON",
+            };
+            return api_error(ErrorCode::BadRequest, message);
+        }
     };
     let Some(body) = parsed.body else {
         return api_error(ErrorCode::BadRequest, "missing \"body\"");
@@ -362,9 +376,19 @@ async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> R
     if body.get().len() > c.max_body_bytes {
         return api_error(ErrorCode::TooLarge, &format!("body is over {} bytes", c.max_body_bytes));
     }
+    // The rules a WebSocket body meets: one depth limit, one grammar.
+    if let Err(e) = protocol::body::validate(body.get()) {
+        return api_error(ErrorCode::BadRequest, &e.to_string());
+    }
     let from = parsed.from.unwrap_or_else(|| "system".into());
-    if from.is_empty() || from.len() > 256 {
-        return api_error(ErrorCode::BadRequest, "\"from\" must be 1 to 256 bytes");
+    if !protocol::user::is_valid_user_id(&from) {
+        return api_error(
+            ErrorCode::BadRequest,
+            &format!(
+                "\"from\" must be 1 to {} bytes without control, bidirectional or invisible format characters",
+                protocol::user::MAX_USER_LEN
+            ),
+        );
     }
     let msg = NewMessage {
         room: room.into(),
@@ -377,7 +401,7 @@ async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> R
             StatusCode::OK,
             Obj::new("ok").msg_id("msg", p.id).num("ts", p.ts).finish(),
         ),
-        Err(e) => api_error(ErrorCode::Unavailable, &e.to_string()),
+        Err(e) => api_unavailable(&e),
     }
 }
 
@@ -412,8 +436,15 @@ async fn api_history(node: Arc<Node>, room: String, query: &str) -> Response<Bod
     };
     match node.bus.history(&room, page, limit).await {
         Ok(messages) => json(StatusCode::OK, history_reply(None, &room, messages.iter().map(view))),
-        Err(e) => api_error(ErrorCode::Unavailable, &e.to_string()),
+        Err(e) => api_unavailable(&e),
     }
+}
+
+/// The bus failed: fixed text out, the bus's own words (Redis commands,
+/// hosts) to the log.
+fn api_unavailable(e: &dispatcher::BusError) -> Response<Body> {
+    tracing::debug!(error = %e, "server API: bus unavailable");
+    api_error(ErrorCode::Unavailable, "service unavailable, retry")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

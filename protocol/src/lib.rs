@@ -2,6 +2,8 @@
 //! gateway and the load generator.
 //!
 //! - [`request`] parses one client text frame (simd-json) into a [`Request`].
+//! - [`body`] finds a message body's own bytes and limits its depth.
+//! - [`user`] says what a user id may be.
 //! - [`encode`] writes replies and server events as JSON text, once per
 //!   message, so the gateway can hand the same bytes to every connection.
 //! - [`room`] validates room names and matches the `rooms` claim patterns.
@@ -10,11 +12,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod codes;
 pub mod encode;
 pub mod id;
 pub mod request;
 pub mod room;
+pub mod user;
 
+pub use body::MAX_BODY_DEPTH;
 pub use codes::{ErrorCode, close};
 pub use request::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, ParseError, Request, parse_request};

@@ -1,12 +1,19 @@
 //! Parsing one client text frame into a [`Request`].
 //!
 //! simd-json parses the frame in place (it rewrites the buffer). The `body`
-//! of a `send` is kept as canonical JSON text: opaque to the server, stored
-//! and forwarded as it came (whitespace aside).
+//! of a `send` is opaque to the server: its own bytes are found in the
+//! frame and validated ([`crate::body`]), and taken out before simd-json
+//! sees the rest, then stored and forwarded exactly as they came,
+//! whitespace included. Values in a frame nest at most [`MAX_BODY_DEPTH`]
+//! levels.
+//!
+//! Error messages are our own short text, never the JSON library's
+//! (offsets, expected tokens, internal type names).
 
-use simd_json::BorrowedValue;
 use simd_json::prelude::*;
+use simd_json::{BorrowedValue, Buffers, ErrorType};
 
+use crate::body::{BodyError, MAX_BODY_DEPTH, find_body};
 use crate::codes::ErrorCode;
 use crate::room::is_valid_room;
 
@@ -83,10 +90,24 @@ pub struct ParseError {
 
 /// Parses one text frame. The buffer is rewritten by simd-json.
 pub fn parse_request(buf: &mut [u8]) -> Result<(Option<i64>, Request), ParseError> {
-    let value = simd_json::to_borrowed_value(buf).map_err(|e| ParseError {
-        id: None,
-        code: ErrorCode::BadRequest,
-        message: format!("malformed JSON: {e}"),
+    let body = take_body(buf);
+    // A repeated body is answered once the id is known.
+    if let Err(e @ (BodyError::Malformed | BodyError::TooDeep)) = body {
+        return Err(bad(None, e.to_string()));
+    }
+    // Any value in a frame nests as deep as a body may (one more level for
+    // the frame's own object).
+    let mut buffers = Buffers::with_max_depth(buf.len(), MAX_BODY_DEPTH + 1);
+    // simd-json's own words (offsets, expected tokens) are not sent.
+    let value = simd_json::to_borrowed_value_with_buffers(buf, &mut buffers).map_err(|e| {
+        if *e.error() == ErrorType::DepthLimitExceeded {
+            bad(
+                None,
+                format!("frame nests arrays and objects deeper than {MAX_BODY_DEPTH} levels"),
+            )
+        } else {
+            bad(None, BodyError::Malformed.to_string())
+        }
     })?;
     if !value.is_object() {
         return Err(bad(None, "a frame must be one JSON object".into()));
@@ -99,6 +120,7 @@ pub fn parse_request(buf: &mut [u8]) -> Result<(Option<i64>, Request), ParseErro
             None => return Err(bad(None, "\"id\" must be an integer".into())),
         },
     };
+    let body = body.map_err(|e| bad(id, e.to_string()))?;
     let op = match value.get("op").and_then(|v| v.as_str()) {
         Some(op) => op,
         None => return Err(bad(id, "missing \"op\"".into())),
@@ -116,9 +138,8 @@ pub fn parse_request(buf: &mut [u8]) -> Result<(Option<i64>, Request), ParseErro
         },
         "send" => {
             let room = room(&value, id)?;
-            let body = match value.get("body") {
-                Some(b) => b.encode(),
-                None => return Err(bad(id, "missing \"body\"".into())),
+            let Some(body) = body else {
+                return Err(bad(id, "missing \"body\"".into()));
             };
             let ephemeral = match value.get("ephemeral") {
                 None => false,
@@ -169,6 +190,24 @@ pub fn parse_request(buf: &mut [u8]) -> Result<(Option<i64>, Request), ParseErro
         }
     };
     Ok((id, req))
+}
+
+/// Takes the top-level `body` out of the frame: its own bytes, validated
+/// by [`find_body`] (numbers of any size pass), and a `0` padded with
+/// spaces left in their place. simd-json then parses the rest: it never
+/// rewrites the body, nor refuses the numbers it cannot represent. A valid
+/// body in a frame that is valid with the placeholder means the frame as
+/// sent was valid.
+fn take_body(buf: &mut [u8]) -> Result<Option<String>, BodyError> {
+    let Some(span) = find_body(buf)? else {
+        return Ok(None);
+    };
+    let body = std::str::from_utf8(&buf[span.clone()])
+        .map_err(|_| BodyError::Malformed)?
+        .to_owned();
+    buf[span.start] = b'0';
+    buf[span.start + 1..span.end].fill(b' ');
+    Ok(Some(body))
 }
 
 fn bad(id: Option<i64>, message: String) -> ParseError {
@@ -268,7 +307,7 @@ mod tests {
                 Some(3),
                 Request::Send {
                     room: "r1".into(),
-                    body: r#"{"t":"hi","n":[1,2]}"#.into(),
+                    body: r#"{"t": "hi", "n":[1,2]}"#.into(),
                     ephemeral: false
                 }
             )
@@ -313,6 +352,79 @@ mod tests {
             parse(r#"{"op":"ping","id":9,"extra":true}"#).unwrap(),
             (Some(9), Request::Ping)
         );
+    }
+
+    fn body_of(frame: &str) -> Result<String, ParseError> {
+        match parse(frame)?.1 {
+            Request::Send { body, .. } => Ok(body),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn send_bodies_are_the_frames_own_bytes() {
+        for body in [
+            "123456789012345678901234567890",
+            "-0",
+            "1E2",
+            "0.10000000000000000555",
+            "1E400",
+            "-1e-400",
+            r#""\u00e9\/\"\\""#,
+            r#"{ "b" : 1 , "a" : [ ] }"#,
+            "[\n1,\t2\r\n]",
+            r#"{"x":"}]\"","y":[{"z":"["}]}"#,
+        ] {
+            for frame in [
+                format!(r#"{{"op":"send","room":"r","body":{body}}}"#),
+                format!(r#"{{ "body" : {body} , "op" : "send", "room":"r" }}"#),
+            ] {
+                assert_eq!(body_of(&frame).as_deref(), Ok(body), "{frame}");
+            }
+        }
+        let keys: Vec<String> = (0..100).rev().map(|i| format!("\"k{i}\":{i}")).collect();
+        let many = format!("{{{}}}", keys.join(","));
+        assert_eq!(
+            body_of(&format!(r#"{{"op":"send","room":"r","body":{many}}}"#)),
+            Ok(many)
+        );
+    }
+
+    #[test]
+    fn depth_limit_and_repeated_bodies() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let frame = |body: &str| format!(r#"{{"op":"send","id":2,"room":"r","body":{body}}}"#);
+        let ok = nested(MAX_BODY_DEPTH);
+        assert_eq!(body_of(&frame(&ok)), Ok(ok));
+        for n in [MAX_BODY_DEPTH + 1, 1000, 5000] {
+            let err = parse(&frame(&nested(n))).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest);
+            assert!(err.message.contains("deeper than 64"), "{n}: {err}");
+        }
+        // Any field of a frame is bound by the same limit.
+        let deep_extra = format!(r#"{{"op":"ping","x":{}}}"#, nested(MAX_BODY_DEPTH + 1));
+        assert!(parse(&deep_extra).unwrap_err().message.contains("deeper than 64"));
+        let twice = parse(r#"{"op":"send","id":4,"room":"r","body":1,"body":2}"#).unwrap_err();
+        assert_eq!((twice.id, twice.code), (Some(4), ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn json_errors_say_malformed_only() {
+        for frame in [
+            "{not json",
+            r#"{"op":"ping",}"#,
+            "",
+            r#"{"op":"send","room":"r","body":"\x"}"#,
+            r#"{"op":"send","room":"r","body":01}"#,
+            r#"{"op":"send","room":"r","body":[1,]}"#,
+            r#"{"op":"send","room":"r","body":{"a"}}"#,
+            "{\"op\":\"send\",\"room\":\"r\",\"body\":\"a\u{1}\"}",
+            r#"{"op":"send","room":"r","body":1,"#,
+            r#"{"op":"send","room":"r","body":1}x"#,
+        ] {
+            let err = parse(frame).unwrap_err();
+            assert_eq!(err.message, "malformed JSON", "{frame}");
+        }
     }
 
     #[test]

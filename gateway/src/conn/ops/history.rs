@@ -31,7 +31,7 @@ impl Session {
         let messages = match fetch_page(&*self.node.bus, &room, page, limit, cap).await {
             Ok(Some(messages)) => messages,
             Ok(None) => return self.too_large(id),
-            Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string()),
+            Err(e) => return self.unavailable(id, &e),
         };
         let reply = history_reply(id, &room, messages.iter().map(view));
         // One reply may take half of the connection's memory budget: a

@@ -19,10 +19,21 @@ mod presence;
 mod rooms;
 mod send;
 
+use dispatcher::BusError;
 use protocol::encode::Obj;
 use protocol::{ErrorCode, Request};
 
 use super::session::Session;
+
+impl Session {
+    /// A request the bus could not serve: `unavailable` with fixed text.
+    /// The bus's own words (Redis commands, pipes, hosts) are only logged;
+    /// the bus logs the outage itself at warn.
+    fn unavailable(&self, id: Option<i64>, e: &BusError) {
+        tracing::debug!(error = %e, "request failed on the bus");
+        self.error(id, ErrorCode::Unavailable, "service unavailable, retry");
+    }
+}
 
 impl Session {
     /// Routes one parsed request to its handler: the authentication gate,

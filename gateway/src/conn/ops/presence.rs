@@ -17,7 +17,7 @@ impl Session {
         let users: Vec<Arc<str>> = match self.node.bus.presence(&room).await {
             Ok(Some(users)) => users.into_iter().map(Arc::from).collect(),
             Ok(None) => self.node.hub.presence(&room),
-            Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string()),
+            Err(e) => return self.unavailable(id, &e),
         };
         self.reply(
             Obj::new("presence")

@@ -46,7 +46,7 @@ impl Session {
         let edges = self.node.hub.join(&room, &identity.user, &self.handle).await;
         if let Err(e) = self.node.bus.watch(&room).await {
             self.node.hub.leave(&room, &identity.user, self.handle.id);
-            return self.error(id, ErrorCode::Unavailable, &e.to_string());
+            return self.unavailable(id, &e);
         }
         self.rooms.push(Joined {
             room: room.clone(),
@@ -73,7 +73,7 @@ impl Session {
                 Ok(_) => (since, false, Vec::new()),
                 Err(e) => {
                     self.leave(&room).await;
-                    return self.error(id, ErrorCode::Unavailable, &e.to_string());
+                    return self.unavailable(id, &e);
                 }
             },
         };

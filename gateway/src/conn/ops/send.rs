@@ -69,7 +69,7 @@ impl Session {
             .publish_event(room, EventKind::Typing, identity.user.clone(), origin)
             .await
         {
-            self.error(id, ErrorCode::Unavailable, &e.to_string());
+            self.unavailable(id, &e);
         }
     }
 
@@ -108,7 +108,7 @@ impl Session {
                             .finish(),
                     );
                 }
-                Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+                Err(e) => self.unavailable(id, &e),
             }
         }
     }
