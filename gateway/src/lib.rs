@@ -27,6 +27,8 @@
 //!   (`storage`) and serves until the shutdown token is cancelled, then
 //!   drains.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod auth;
 pub mod config;
