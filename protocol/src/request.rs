@@ -402,6 +402,8 @@ mod tests {
             assert!(err.message.contains("deeper than 64"), "{n}: {err}");
         }
         // Any field of a frame is bound by the same limit.
+        let extra = format!(r#"{{"op":"ping","x":{}}}"#, nested(MAX_BODY_DEPTH));
+        assert_eq!(parse(&extra).unwrap().1, Request::Ping);
         let deep_extra = format!(r#"{{"op":"ping","x":{}}}"#, nested(MAX_BODY_DEPTH + 1));
         assert!(parse(&deep_extra).unwrap_err().message.contains("deeper than 64"));
         let twice = parse(r#"{"op":"send","id":4,"room":"r","body":1,"body":2}"#).unwrap_err();
