@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Validation, decode};
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 use serde::Deserialize;
 
 use crate::config::{JwtSettings, Settings};
@@ -60,7 +60,7 @@ struct Claims {
 }
 
 pub struct Authenticator {
-    jwt: Option<(JwtSettings, Validation)>,
+    jwt: Option<JwtSettings>,
     anonymous: bool,
     default_rooms: Arc<[String]>,
 }
@@ -74,31 +74,13 @@ pub fn install_crypto_provider() {
 impl Authenticator {
     pub fn new(settings: &Settings) -> Self {
         install_crypto_provider();
-        let jwt = settings.jwt.clone().map(|jwt| {
-            let mut v = Validation::new(jwt.algorithm);
-            // jsonwebtoken checks `aud`/`iss` only when the token has them,
-            // unless they are required.
-            let mut required = vec!["exp", "sub"];
-            v.leeway = 5;
-            // `exp` is checked (validate_exp is on by default), `nbf` when given.
-            v.validate_exp = true;
-            v.validate_nbf = true;
-            match &jwt.audience {
-                Some(aud) => {
-                    v.set_audience(&[aud]);
-                    required.push("aud");
-                }
-                None => v.validate_aud = false,
-            }
-            if let Some(iss) = &jwt.issuer {
-                v.set_issuer(&[iss]);
-                required.push("iss");
-            }
-            v.set_required_spec_claims(&required);
-            (jwt, v)
-        });
+        if let Some(jwt) = &settings.jwt
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            jwt.watch(settings.config.jwt_jwks_refresh);
+        }
         Authenticator {
-            jwt,
+            jwt: settings.jwt.clone(),
             anonymous: settings.anonymous,
             default_rooms: settings.config.default_rooms.clone().into(),
         }
@@ -114,8 +96,20 @@ impl Authenticator {
     }
 
     fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let (jwt, validation) = self.jwt.as_ref().ok_or(AuthError::NoKey)?;
-        let data = decode::<Claims>(token, &jwt.key, validation).map_err(|source| {
+        let jwt = self.jwt.as_ref().ok_or(AuthError::NoKey)?;
+        let refused = |source: jsonwebtoken::errors::Error| {
+            tracing::debug!(error = %source, "token refused");
+            AuthError::Invalid {
+                reason: "invalid token",
+                source,
+            }
+        };
+        let header = decode_header(token).map_err(refused)?;
+        // The key the header names, used only with its own algorithm.
+        let (key, algorithm) = jwt
+            .key_for(header.kid.as_deref(), header.alg)
+            .ok_or_else(|| refused(ErrorKind::InvalidAlgorithm.into()))?;
+        let data = decode::<Claims>(token, &key, &validation(jwt, algorithm)).map_err(|source| {
             tracing::debug!(error = %source, "token refused");
             let reason = match source.kind() {
                 ErrorKind::ExpiredSignature => "token expired",
@@ -149,6 +143,31 @@ impl Authenticator {
             rooms: self.default_rooms.clone(),
         }
     }
+}
+
+/// What a token checked with `algorithm` must satisfy: `exp` and `sub`
+/// always, `nbf` when given, `aud`/`iss` required when configured
+/// (jsonwebtoken checks them only when the token has them, unless they are
+/// required).
+fn validation(jwt: &JwtSettings, algorithm: Algorithm) -> Validation {
+    let mut v = Validation::new(algorithm);
+    let mut required = vec!["exp", "sub"];
+    v.leeway = 5;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    match &jwt.audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    if let Some(iss) = &jwt.issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
+    v
 }
 
 /// The token of `Authorization: Bearer <token>`, if present.

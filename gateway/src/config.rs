@@ -15,7 +15,8 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use dispatcher::settings::{Cluster, ClusterArgs, LogArgs, invalid};
 pub use dispatcher::settings::{LogFormat, SettingsError as ConfigError};
-use jsonwebtoken::{Algorithm, DecodingKey};
+
+pub use crate::jwt::JwtSettings;
 
 /// A gateway node's settings. Defaults run one node on loopback with the
 /// embedded store and anonymous guests.
@@ -63,6 +64,16 @@ pub struct Config {
     /// PS256, ES256, ES384). Default: HS256 with a secret, RS256 or ES256 by key type.
     #[arg(long, env = "GATEWAY_JWT_ALGORITHM")]
     pub jwt_algorithm: Option<String>,
+
+    /// A JWKS file (JSON `{"keys":[...]}`) instead of one key: tokens name
+    /// their key by `kid`; the file is checked every `jwt_jwks_refresh` and
+    /// reloaded when it changes, so keys rotate without a restart.
+    #[arg(long, env = "GATEWAY_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// How often the JWKS file is checked for changes.
+    #[arg(long, env = "GATEWAY_JWT_JWKS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwt_jwks_refresh: Duration,
 
     /// Required `aud` claim.
     #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
@@ -218,23 +229,6 @@ pub struct Config {
     pub check_config: bool,
 }
 
-/// How client tokens are checked, derived from the JWT settings.
-#[derive(Clone)]
-pub struct JwtSettings {
-    pub key: DecodingKey,
-    pub algorithm: Algorithm,
-    pub audience: Option<String>,
-    pub issuer: Option<String>,
-}
-
-impl std::fmt::Debug for JwtSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtSettings")
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A validated configuration: what `run` takes.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -330,7 +324,7 @@ impl Config {
         if c.default_rooms.iter().any(|p| p.is_empty()) {
             return Err(invalid("default_rooms", "empty pattern"));
         }
-        let jwt = self.jwt_settings()?;
+        let jwt = JwtSettings::from_config(&self)?;
         let anonymous = match c.allow_anonymous {
             Some(a) => a,
             None => jwt.is_none() && c.listen.ip().is_loopback(),
@@ -383,83 +377,6 @@ impl Config {
             cluster,
             admission,
         })
-    }
-
-    fn jwt_settings(&self) -> Result<Option<JwtSettings>, ConfigError> {
-        let pinned = match &self.jwt_algorithm {
-            None => None,
-            Some(name) => Some(
-                name.parse::<Algorithm>()
-                    .map_err(|_| invalid("jwt_algorithm", format!("unknown algorithm {name:?}")))?,
-            ),
-        };
-        let (key, algorithm) = match (&self.jwt_secret, &self.jwt_public_key) {
-            (None, None) => {
-                if pinned.is_some() {
-                    return Err(invalid(
-                        "jwt_algorithm",
-                        "set without GATEWAY_JWT_SECRET or GATEWAY_JWT_PUBLIC_KEY",
-                    ));
-                }
-                return Ok(None);
-            }
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "jwt_secret",
-                    "set either jwt_secret or jwt_public_key, not both",
-                ));
-            }
-            (Some(secret), None) => {
-                if secret.len() < 16 {
-                    return Err(invalid("jwt_secret", "must be at least 16 bytes"));
-                }
-                let alg = pinned.unwrap_or(Algorithm::HS256);
-                if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                    return Err(invalid(
-                        "jwt_algorithm",
-                        format!("{alg:?} needs jwt_public_key, not a secret"),
-                    ));
-                }
-                (DecodingKey::from_secret(secret.as_bytes()), alg)
-            }
-            (None, Some(pem_or_path)) => {
-                let pem = if pem_or_path.trim_start().starts_with("-----BEGIN") {
-                    pem_or_path.clone().into_bytes()
-                } else {
-                    std::fs::read(pem_or_path)
-                        .map_err(|e| invalid("jwt_public_key", format!("reading {pem_or_path}: {e}")))?
-                };
-                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-                    let alg = pinned.unwrap_or(Algorithm::RS256);
-                    if !matches!(
-                        alg,
-                        Algorithm::RS256
-                            | Algorithm::RS384
-                            | Algorithm::RS512
-                            | Algorithm::PS256
-                            | Algorithm::PS384
-                            | Algorithm::PS512
-                    ) {
-                        return Err(invalid("jwt_algorithm", format!("{alg:?} does not fit an RSA key")));
-                    }
-                    (key, alg)
-                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-                    let alg = pinned.unwrap_or(Algorithm::ES256);
-                    if !matches!(alg, Algorithm::ES256 | Algorithm::ES384) {
-                        return Err(invalid("jwt_algorithm", format!("{alg:?} does not fit an EC key")));
-                    }
-                    (key, alg)
-                } else {
-                    return Err(invalid("jwt_public_key", "not an RSA or EC public key in PEM"));
-                }
-            }
-        };
-        Ok(Some(JwtSettings {
-            key,
-            algorithm,
-            audience: self.jwt_audience.clone(),
-            issuer: self.jwt_issuer.clone(),
-        }))
     }
 }
 

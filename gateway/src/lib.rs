@@ -22,7 +22,8 @@
 //!   uses.
 //! - [`admission`]: which upgrades and users a node takes (origins,
 //!   connection caps per node, IP and user, the memory budget).
-//! - [`auth`]: JWT and guests. [`metrics`]: `gateway_*` metrics.
+//! - [`auth`]: JWT and guests; [`jwt`]: which key checks a token (one
+//!   static key, or a JWKS file reloaded when it changes). [`metrics`]: `gateway_*` metrics.
 //! - `server`: [`run`] wires them to the bus (`dispatcher`) and the store
 //!   (`storage`) and serves until the shutdown token is cancelled, then
 //!   drains.
@@ -35,6 +36,7 @@ pub mod config;
 mod conn;
 mod http;
 pub mod hub;
+pub mod jwt;
 pub mod metrics;
 mod node;
 mod server;

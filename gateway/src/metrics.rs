@@ -78,6 +78,11 @@ pub fn connection_refused(reason: &'static str) {
     counter!("gateway_connections_refused_total", "reason" => reason).increment(1);
 }
 
+/// JWKS file reloads, by result (`ok` or `failed`).
+pub fn jwks_reload(result: &'static str) {
+    counter!("gateway_auth_jwks_reloads_total", "result" => result).increment(1);
+}
+
 /// Requests by op (a fixed set) and error replies by code.
 pub fn request(op: &'static str) {
     counter!("gateway_ws_requests_total", "op" => op).increment(1);

@@ -79,7 +79,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         persister = persister.is_some(),
         shards = settings.shards,
         anonymous = settings.anonymous,
-        jwt = settings.jwt.as_ref().map(|j| format!("{:?}", j.algorithm)).unwrap_or_else(|| "off".into()),
+        jwt = settings.jwt.as_ref().map(|j| j.describe()).unwrap_or_else(|| "off".into()),
         data_dir = %c.data_dir.display(),
         "gateway node serving"
     );
