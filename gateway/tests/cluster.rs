@@ -331,16 +331,28 @@ async fn a_gap_older_than_the_stream_window_is_not_recovered() {
 async fn the_first_node_writes_a_random_hash_key_that_later_nodes_keep() {
     let redis = RedisServer::start();
     let key = || testkit::redis_command(redis.port, &["GET", "gw:hashkey"]).unwrap_or_default();
+    // The node logs its address before it connects to Redis.
     let first = nodes(1, &single(&redis), &[]);
-    let written = key();
-    // A bulk string of 32 hex digits: "$32\r\n<key>\r\n".
-    let hex = written.lines().nth(1).unwrap_or_default().to_string();
-    assert!(
-        hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{written:?}"
-    );
-    assert_ne!(hex, HASH_KEY);
+    let written = Wait::new("the first node's hash key in Redis", WAIT).until(|| {
+        let written = key();
+        // A bulk string of 32 hex digits: "$32\r\n<key>\r\n".
+        let hex = written.lines().nth(1).unwrap_or_default().to_string();
+        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(written)
+        } else {
+            Err(format!("{written:?}"))
+        }
+    });
+    assert!(!written.contains(HASH_KEY));
     let second = nodes(1, &single(&redis), &[]);
+    Wait::new("the second node ready", WAIT).until(|| {
+        let ready = second.nodes[0].metric("gateway_bus_ready");
+        if ready == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("gateway_bus_ready {ready}"))
+        }
+    });
     assert_eq!(key(), written, "a later node keeps the cluster's key");
     drop((first, second));
 }
