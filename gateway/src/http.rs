@@ -34,7 +34,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 
-use crate::admission::Refusal;
+use crate::admission::{Refusal, Slot};
+use crate::auth::{AuthError, Identity};
 use crate::view::view;
 use crate::{Node, auth, conn, metrics};
 
@@ -225,28 +226,40 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
                 .expect("static response parts");
         }
     };
-    let conn_node = node.clone();
-    node.tracker.spawn(async move {
-        let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    // `read_buf` is hyper's whole read buffer, frozen: keeping
-                    // it (even empty) would pin ~8 KiB per connection.
-                    let prefix = if parts.read_buf.is_empty() {
-                        Bytes::new()
-                    } else {
-                        Bytes::copy_from_slice(&parts.read_buf)
-                    };
-                    drop(parts.read_buf);
-                    conn::serve(conn_node, parts.io.into_inner(), prefix, header_auth).await
-                }
-                Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
-            },
-            Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
-        }
-    });
+    node.tracker
+        .spawn(connection_task(node.clone(), on_upgrade, header_auth, slot));
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// The task of one WebSocket connection, for its whole life: waits for
+/// hyper to hand over the socket, then serves it. Its size is memory every
+/// idle connection holds (see the size test in `conn`).
+pub(crate) async fn connection_task(
+    node: Arc<Node>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    header_auth: Option<Result<Identity, AuthError>>,
+    slot: Slot,
+) {
+    let _slot = slot;
+    // Only the socket and the bytes hyper read ahead outlive this match:
+    // whatever else is alive across `serve` stays in the task all its life.
+    let (tcp, prefix) = match on_upgrade.await {
+        Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // `read_buf` is hyper's whole read buffer, frozen: keeping
+                // it (even empty) would pin ~8 KiB per connection.
+                let prefix = if parts.read_buf.is_empty() {
+                    Bytes::new()
+                } else {
+                    Bytes::copy_from_slice(&parts.read_buf)
+                };
+                (parts.io.into_inner(), prefix)
+            }
+            Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
+        },
+        Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
+    };
+    conn::serve(node, tcp, prefix, header_auth).await
 }
 
 /// Seconds a refused client is told to wait: 5, plus up to 4 at random so

@@ -106,6 +106,17 @@ mod tests {
             let n = size(&fut);
             eprintln!("connection future: {n} bytes");
             assert!(n < 2048, "connection future is {n} bytes");
+            // The task spawned per connection wraps it (the upgrade's wait
+            // and the admission slot): measured without calling it.
+            fn returned<F, A, B, C, D, Fut>(_: F) -> usize
+            where
+                F: FnOnce(A, B, C, D) -> Fut,
+            {
+                std::mem::size_of::<Fut>()
+            }
+            let task = returned(crate::http::connection_task);
+            eprintln!("connection task future: {task} bytes");
+            assert!(task < 2048, "connection task future is {task} bytes");
             let _ = std::fs::remove_dir_all(&dir);
         });
     }
