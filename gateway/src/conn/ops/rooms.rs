@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use dispatcher::EventKind;
+use bytes::Bytes;
+use dispatcher::{Bus, BusError, EventKind};
 use protocol::ErrorCode;
 use protocol::encode::{Obj, msg_event};
 
@@ -54,28 +55,19 @@ impl Session {
         });
         let (floor, recovered, mut frames) = match since {
             None => (0, true, Vec::new()),
-            Some(since) => match self.node.bus.replay(&room, since, self.settings().recovery_limit).await {
-                Ok(replay) if replay.complete => {
-                    let floor = replay.messages.last().map_or(since, |m| m.id.max(since));
-                    let frames: Vec<_> = replay
-                        .messages
-                        .iter()
-                        .map(|m| ws::text_frame(&msg_event(view(m))))
-                        .collect();
-                    // A replay may take half of the connection's memory
-                    // budget; a larger gap is one to page with `history`.
-                    if frames.iter().map(|f| f.len()).sum::<usize>() > self.handle.byte_budget() / 2 {
-                        (since, false, Vec::new())
-                    } else {
-                        (floor, true, frames)
+            Some(since) => {
+                let (limit, cap) = (self.settings().recovery_limit, self.handle.byte_budget() / 2);
+                match replay_frames(&*self.node.bus, &room, since, limit, cap).await {
+                    Ok(Some((floor, frames))) => (floor, true, frames),
+                    // Too many, too large, or a gap the bus cannot close:
+                    // one to page with `history`.
+                    Ok(None) => (since, false, Vec::new()),
+                    Err(e) => {
+                        self.leave(&room).await;
+                        return self.unavailable(id, &e);
                     }
                 }
-                Ok(_) => (since, false, Vec::new()),
-                Err(e) => {
-                    self.leave(&room).await;
-                    return self.unavailable(id, &e);
-                }
-            },
+            }
         };
         if let Some(j) = self.rooms.iter_mut().find(|j| j.room == room) {
             j.floor = floor;
@@ -141,6 +133,41 @@ impl Session {
         while let Some(j) = self.rooms.last() {
             let room = j.room.clone();
             self.leave(&room).await;
+        }
+    }
+}
+
+/// Messages a replay reads from the bus at a time: a replay refused for
+/// its size never sits in memory whole.
+const REPLAY_CHUNK: usize = 64;
+
+/// The messages of `room` after `since` as `msg` frames, read in chunks,
+/// with the id of the last one (or `since`); `None` when there are more
+/// than `limit`, they are over `cap` bytes, or the bus cannot close the gap.
+async fn replay_frames(
+    bus: &dyn Bus,
+    room: &str,
+    since: u64,
+    limit: usize,
+    cap: usize,
+) -> Result<Option<(u64, Vec<Bytes>)>, BusError> {
+    let (mut frames, mut bytes, mut cursor) = (Vec::new(), 0, since);
+    loop {
+        let replay = bus.replay(room, cursor, REPLAY_CHUNK).await?;
+        if !replay.complete && replay.messages.is_empty() {
+            return Ok(None);
+        }
+        for m in &replay.messages {
+            let frame = ws::text_frame(&msg_event(view(m)));
+            bytes += frame.len();
+            frames.push(frame);
+            cursor = cursor.max(m.id);
+        }
+        if frames.len() > limit || bytes > cap {
+            return Ok(None);
+        }
+        if replay.complete {
+            return Ok(Some((cursor, frames)));
         }
     }
 }
