@@ -183,8 +183,7 @@ fn api_error(code: ErrorCode, message: &str) -> Response<Body> {
 
 fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if node.shutdown.is_cancelled() {
-        metrics::connection_refused(Refusal::Draining.reason());
-        return text(StatusCode::SERVICE_UNAVAILABLE, Refusal::Draining.message());
+        return refused(Refusal::Draining);
     }
     // RFC 6455 4.1: the handshake is an HTTP/1.1 request (HTTP/1.0 has no
     // Upgrade).
@@ -278,9 +277,15 @@ fn refused(refusal: Refusal) -> Response<Body> {
         _ => text(StatusCode::SERVICE_UNAVAILABLE, refusal.message()),
     };
     if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        // A draining node's clients belong on another node at once.
+        let secs = if refusal == Refusal::Draining {
+            1
+        } else {
+            retry_after_secs()
+        };
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs()));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     closing(response)
 }

@@ -296,6 +296,8 @@ async fn draining_refusals_are_counted() {
     node.begin_shutdown();
     let r = upgrade(node.addr, None, &[]).await.err().expect("503 while draining");
     assert_eq!(r.status, 503);
+    // Its clients belong on another node at once.
+    assert_eq!(r.retry_after.as_deref(), Some("1"), "{r:?}");
     // Probes of the draining node get fresh connections.
     let (_, text) = node.http("GET", "/metrics", &[], "").await;
     assert!(
