@@ -185,10 +185,26 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: u32,
 
-    /// Connections one authenticated user may hold on this node; the next
-    /// is refused after `auth` (`rate_limited`, close 4029). 0: no cap.
+    /// Connections one authenticated user may hold (on every node of the
+    /// cluster, or on this node: see `user_limit_scope`); the next is
+    /// refused after `auth` (`rate_limited`, close 4029). 0: no cap.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
     pub max_connections_per_user: u32,
+
+    /// `send`s (and `typing`s, as `send_rate` counts them) per second one
+    /// user may make over all their connections (on every node of the cluster, or on this node),
+    /// counted in fixed 10-second windows; past it, sends get
+    /// `rate_limited` and a user who stays over it for
+    /// `rate_limit_grace` is closed 4029. 0: no per-user rate (each
+    /// connection still has `send_rate`).
+    #[arg(long, env = "GATEWAY_USER_SEND_RATE", default_value_t = 0.0)]
+    pub user_send_rate: f64,
+
+    /// Where the per-user limits count: `cluster` (all nodes, through
+    /// Redis: one Redis round trip per `auth`, sends synced every 250 ms)
+    /// or `node`. Without Redis, always `node`.
+    #[arg(long, env = "GATEWAY_USER_LIMIT_SCOPE", default_value = "cluster")]
+    pub user_limit_scope: UserLimitScope,
 
     /// Proxies whose `client_ip_header` is believed (comma-separated IPs or
     /// CIDRs). Other peers are the client themselves.
@@ -227,6 +243,13 @@ pub struct Config {
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// Where per-user limits count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UserLimitScope {
+    Cluster,
+    Node,
 }
 
 /// A validated configuration: what `run` takes.
@@ -320,6 +343,9 @@ impl Config {
                 "request_rate",
                 "request_rate and request_burst must be more than 0",
             ));
+        }
+        if !(c.user_send_rate.is_finite() && c.user_send_rate >= 0.0) {
+            return Err(invalid("user_send_rate", "must be 0 (off) or more"));
         }
         if c.default_rooms.iter().any(|p| p.is_empty()) {
             return Err(invalid("default_rooms", "empty pattern"));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use dispatcher::Bus;
 use dispatcher::inprocess::InProcessBus;
 use dispatcher::persister::PersisterConfig;
-use dispatcher::redis_bus::RedisBus;
+use dispatcher::redis_bus::{RedisBus, UserCounts};
 use storage::{CqlStore, EmbeddedStore, HistoryStore, StorageError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -84,7 +84,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         "gateway node serving"
     );
     let grace = c.shutdown_grace;
-    let admission = admission::Admission::new(&settings);
+    let admission = admission::Admission::new(&settings, backend.user_counts);
     let node = Arc::new(Node {
         node_id: backend.node_id,
         auth: auth::Authenticator::new(&settings),
@@ -119,6 +119,8 @@ struct Backend {
     store: &'static str,
     /// The persister to run here, with the store it fills.
     persister: Option<(PersisterConfig, Arc<dyn HistoryStore>)>,
+    /// Per-user counts over the cluster (Redis only).
+    user_counts: Option<Arc<UserCounts>>,
 }
 
 impl Backend {
@@ -142,10 +144,12 @@ impl Backend {
                 node_id: c.node_id.clone().unwrap_or_else(|| "gw-0".into()),
                 store: kind,
                 persister: None,
+                user_counts: None,
             });
         };
         let bus = RedisBus::connect(bus_config, sink, cql.clone()).await?;
         let node_id = bus.node_id().to_string();
+        let user_counts = Some(bus.user_counts());
         let persister = match cql {
             None => {
                 tracing::warn!(
@@ -171,6 +175,7 @@ impl Backend {
                 "stream window"
             },
             persister,
+            user_counts,
         })
     }
 }

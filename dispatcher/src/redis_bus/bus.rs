@@ -18,6 +18,7 @@ use super::publish::Publisher;
 use super::readers::{ReaderContext, Readers};
 use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, origin};
 use super::trim::Trimmer;
+use super::users::UserCounts;
 use super::window::Window;
 use crate::{Bus, BusError, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
 
@@ -53,6 +54,7 @@ pub struct RedisBus {
     readers: Arc<Readers>,
     window: Window,
     presence: Presence,
+    users: Arc<UserCounts>,
 }
 
 /// What the bus and its heartbeat task share.
@@ -117,7 +119,15 @@ impl RedisBus {
             tasks: tasks.clone(),
         });
         tasks.spawn(heartbeat(shared.clone()));
+        let users = UserCounts::start(
+            pool.clone(),
+            cfg.streams.clone(),
+            shared.lease.incarnation(),
+            closed.clone(),
+            &tasks,
+        );
         Ok(RedisBus {
+            users,
             readers: Readers::new(ReaderContext {
                 target: cfg.target,
                 layout: cfg.streams.clone(),
@@ -144,6 +154,11 @@ impl RedisBus {
 
     pub fn node_id(&self) -> &str {
         &self.shared.lease.node_id
+    }
+
+    /// The cluster's per-user counts, for per-user limits across nodes.
+    pub fn user_counts(&self) -> Arc<UserCounts> {
+        self.users.clone()
     }
 }
 

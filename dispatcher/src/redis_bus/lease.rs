@@ -88,6 +88,13 @@ impl NodeLease {
         )))
     }
 
+    /// This process's name in per-node records (`node|token`): a restarted
+    /// node under the same id is a new incarnation, so what the old one
+    /// recorded stops counting once its lease is gone.
+    pub(crate) fn incarnation(&self) -> String {
+        format!("{}|{}", self.node_id, self.token)
+    }
+
     /// Extends the lease (or takes it back after it expired); false when
     /// another process holds this id now.
     pub(crate) async fn refresh(&self, conn: &mut impl ConnectionLike) -> Result<bool, BusError> {

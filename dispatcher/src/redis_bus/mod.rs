@@ -18,6 +18,8 @@
 //! - `trim`: trimming to the window, never past what is not yet stored.
 //! - `presence`: per-room sets of `node|user`.
 //! - `lease`: the node id lease and heartbeat key.
+//! - [`users`]: per-user connection and send counts over the cluster, for
+//!   the gateway's per-user limits.
 //! - `bus`: [`RedisBus`], which puts them together behind [`crate::Bus`].
 
 mod bus;
@@ -28,8 +30,10 @@ mod publish;
 mod readers;
 pub mod streams;
 mod trim;
+pub mod users;
 mod window;
 
 pub use bus::{RedisBus, RedisBusConfig};
 pub use conn::Target;
 pub use streams::StreamLayout;
+pub use users::UserCounts;

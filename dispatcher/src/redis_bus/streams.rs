@@ -24,6 +24,9 @@ use crate::{BusError, Delivery, EventKind, NewMessage, StoredMessage};
 /// store has got.
 pub const PERSISTER_GROUP: &str = "persister";
 
+/// Separates user hashes from room hashes under the one cluster key.
+const USER_DOMAIN: u64 = 0x7573_6572_0000_0001;
+
 /// The shard streams of one deployment: a key prefix, how many streams
 /// rooms are spread over, and the cluster's hash key. Every node and
 /// persister must agree on all three (the key lives in Redis).
@@ -105,6 +108,26 @@ impl StreamLayout {
     /// A node's heartbeat key: its id lease and proof of life for presence.
     pub fn node_key(&self, node_id: &str) -> String {
         format!("{}:node:{node_id}", self.prefix)
+    }
+
+    /// A user's key in the cluster's per-user counts: a keyed hash of the
+    /// id (ids never appear in Redis keys, and clients cannot pick ids that
+    /// collide), the same on every node.
+    pub fn user_hash(&self, user: &str) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.key.0 ^ USER_DOMAIN, self.key.1);
+        h.write(user.as_bytes());
+        h.finish()
+    }
+
+    /// The hash of `node|token` -> connections a user has on that node
+    /// (see `users`).
+    pub fn user_connections_key(&self, user: u64) -> String {
+        format!("{}:user:{user:016x}:conns", self.prefix)
+    }
+
+    /// Sends of a user in fixed window number `window`, over the cluster.
+    pub fn user_sends_key(&self, user: u64, window: u64) -> String {
+        format!("{}:user:{user:016x}:sends:{window}", self.prefix)
     }
 
     /// The set of `node|user` present in `room`.

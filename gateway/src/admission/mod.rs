@@ -11,16 +11,15 @@
 //! - `client_ip`: who the client is (the peer, or a trusted proxy's header).
 //! - `origin`: the `Origin` policy.
 //! - `memory`: the process's resident memory against the budget.
-//!
-//! The per-user cap is per node: a user's connections on other nodes of a
-//! cluster are not counted.
+//! - `users`: the per-user connection cap and send rate, over the cluster
+//!   (through Redis) or this node.
 
 mod client_ip;
 mod memory;
 mod origin;
+mod users;
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,7 +30,10 @@ use parking_lot::Mutex;
 
 pub use self::client_ip::{Cidr, ClientIp};
 pub use self::origin::Origins;
-use crate::config::Settings;
+use self::users::UserLimits;
+pub use self::users::UserSlot;
+use crate::config::{Settings, UserLimitScope};
+use dispatcher::redis_bus::UserCounts;
 
 /// File descriptors kept out of the derived node cap, for what is not a
 /// WebSocket: HTTP requests and probes, handshakes in flight, the store,
@@ -167,18 +169,18 @@ pub struct Admission {
     max_connections: usize,
     open: AtomicUsize,
     per_ip: Option<Counts<IpAddr>>,
-    /// Keyed by a hash of the user id (a node-local random key): an entry
-    /// costs 12 bytes, not a second reference to the id's text.
-    per_user: Option<Counts<u64>>,
-    user_hasher: std::collections::hash_map::RandomState,
+    /// Keyed by a hash of the user id: an entry costs 12 bytes, not a
+    /// second reference to the id's text.
+    users: Arc<UserLimits>,
     memory: memory::Memory,
 }
 
 impl Admission {
     /// The limits of `settings`, defaults resolved (the node cap from the
     /// open-file limit, the memory budget from the cgroup or the machine),
-    /// and logged.
-    pub fn new(settings: &Settings) -> Arc<Admission> {
+    /// and logged. `cluster`: the cluster's per-user counts (Redis), used
+    /// unless the per-user limits are scoped to the node.
+    pub fn new(settings: &Settings, cluster: Option<Arc<UserCounts>>) -> Arc<Admission> {
         let c = &settings.config;
         let max_connections = match c.max_connections {
             0 => derived_max_connections(),
@@ -198,14 +200,19 @@ impl Admission {
             max_connections,
             open: AtomicUsize::new(0),
             per_ip: Counts::new(c.max_connections_per_ip),
-            per_user: Counts::new(c.max_connections_per_user),
-            user_hasher: Default::default(),
+            users: UserLimits::new(
+                c.max_connections_per_user,
+                c.user_send_rate,
+                cluster.filter(|_| c.user_limit_scope == UserLimitScope::Cluster),
+            ),
             memory: memory::Memory::new(c.max_memory),
         };
         tracing::info!(
             max_connections,
             per_ip = c.max_connections_per_ip,
             per_user = c.max_connections_per_user,
+            user_send_rate = c.user_send_rate,
+            user_scope = ?c.user_limit_scope,
             max_memory = a.memory.budget(),
             origins = ?a.policy.origins,
             "admission limits"
@@ -242,17 +249,11 @@ impl Admission {
         Ok(slot)
     }
 
-    /// Admits one more connection of `user` on this node, or
-    /// [`Refusal::UserCap`]. The slot counts it until it is dropped.
-    pub fn admit_user(self: &Arc<Self>, user: &Arc<str>) -> Result<UserSlot, Refusal> {
-        let Some(per_user) = &self.per_user else {
-            return Ok(UserSlot(None));
-        };
-        let key = self.user_hasher.hash_one(&**user);
-        if !per_user.take(&key) {
-            return Err(Refusal::UserCap);
-        }
-        Ok(UserSlot(Some((self.clone(), key))))
+    /// Admits one more connection of `user` (on this node or over the
+    /// cluster), or [`Refusal::UserCap`]. The slot counts it until it is
+    /// dropped; `None` when no per-user limit is on.
+    pub async fn admit_user(&self, user: &str) -> Result<Option<UserSlot>, Refusal> {
+        self.users.admit(user).await
     }
 
     /// WebSocket connections admitted and not yet ended.
@@ -285,30 +286,6 @@ impl Drop for Slot {
         self.admission.open.fetch_sub(1, Ordering::AcqRel);
         if let (Some(ip), Some(per_ip)) = (&self.ip, &self.admission.per_ip) {
             per_ip.release(ip);
-        }
-    }
-}
-
-/// One authenticated connection's place in its user's count (none when
-/// the per-user cap is off).
-pub struct UserSlot(Option<(Arc<Admission>, u64)>);
-
-impl UserSlot {
-    /// Whether this slot is `user`'s (a repeated `auth` of the same user
-    /// keeps its place instead of taking a second one).
-    pub fn is_for(&self, user: &str) -> bool {
-        self.0
-            .as_ref()
-            .is_some_and(|(a, key)| a.user_hasher.hash_one(user) == *key)
-    }
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        if let Some((admission, user)) = &self.0
-            && let Some(per_user) = &admission.per_user
-        {
-            per_user.release(user);
         }
     }
 }

@@ -42,7 +42,10 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: 
     let m = metrics::get();
     m.connections_active.increment(1.0);
     m.connections_opened.increment(1);
-    let mut s = Session::new(node, header_auth);
+    let mut s = Session::new(node);
+    if let Some(h) = header_auth {
+        s.header_auth(h).await;
+    }
     // Each step awaited here, not wrapped in one more async fn: this future
     // lives as long as the connection, and a wrapper that owned the socket
     // would keep a second copy of it (checked by the test below).
@@ -86,7 +89,7 @@ mod tests {
                 store,
                 std::sync::Arc::new(crate::hub::Router { hub: hub.clone() }),
             ));
-            let admission = crate::admission::Admission::new(&settings);
+            let admission = crate::admission::Admission::new(&settings, None);
             let node = std::sync::Arc::new(crate::Node {
                 node_id: "gw-0".into(),
                 auth: crate::auth::Authenticator::new(&settings),

@@ -105,13 +105,11 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// A new connection's session, registered with the hub. `header_auth`
-    /// is the result of an `Authorization` header, if there was one: a bad
-    /// one is answered and ends the connection.
-    pub(super) fn new(node: Arc<Node>, header_auth: Option<Result<Identity, AuthError>>) -> Session {
+    /// A new connection's session, registered with the hub.
+    pub(super) fn new(node: Arc<Node>) -> Session {
         let handle = node.hub.new_conn();
         let now = Instant::now();
-        let mut s = Session {
+        Session {
             auth_deadline: now + node.settings.config.auth_timeout,
             last_rx: now,
             last_ping: now,
@@ -132,30 +130,36 @@ impl Session {
             user_slot: None,
             node,
             handle,
-        };
+        }
+    }
+
+    /// Takes the result of an `Authorization` header: a bad one is
+    /// answered and ends the connection.
+    pub(super) async fn header_auth(&mut self, header_auth: Result<Identity, AuthError>) {
         match header_auth {
-            None => {}
-            Some(Ok(identity)) if s.admit_user(None, &identity) => s.identity = Some(identity),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                s.error(None, ErrorCode::Unauthorized, &e.to_string());
-                s.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
+            Ok(identity) => {
+                if self.admit_user(None, &identity).await {
+                    self.identity = Some(identity);
+                }
+            }
+            Err(e) => {
+                self.error(None, ErrorCode::Unauthorized, &e.to_string());
+                self.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
             }
         }
-        s
     }
 
     /// Takes a place in `identity`'s user count before the connection
     /// becomes that user's (a later token op for the same user keeps its
     /// place). Over the per-user cap: `rate_limited` (echoing `id`), close
     /// 4029 (back off), and `false`.
-    pub(super) fn admit_user(&mut self, id: Option<i64>, identity: &Identity) -> bool {
+    pub(super) async fn admit_user(&mut self, id: Option<i64>, identity: &Identity) -> bool {
         if self.user_slot.as_ref().is_some_and(|s| s.is_for(&identity.user)) {
             return true;
         }
-        match self.node.admission.admit_user(&identity.user) {
+        match self.node.admission.admit_user(&identity.user).await {
             Ok(slot) => {
-                self.user_slot = Some(slot);
+                self.user_slot = slot;
                 true
             }
             Err(refusal) => {
@@ -261,8 +265,8 @@ impl Session {
     }
 
     /// Charges one request to `send` (`send`/`typing`) or the request
-    /// bucket. A client that stays over a rate for the grace period is
-    /// closed with 4029.
+    /// bucket (and a `send` to its user's rate). A client that stays over a
+    /// rate for the grace period is closed with 4029.
     pub(super) fn rate_ok(&mut self, send: bool) -> bool {
         let now = Instant::now();
         let bucket = if send {
@@ -270,7 +274,10 @@ impl Session {
         } else {
             &mut self.request_bucket
         };
-        if bucket.take(now) {
+        // A message is charged to its user's rate too (over all their
+        // connections, when that limit is on).
+        let user_ok = || !send || self.user_slot.as_ref().is_none_or(|s| s.send_ok());
+        if bucket.take(now) && user_ok() {
             return true;
         }
         // A run of refusals lasts while they come less than a quiet second

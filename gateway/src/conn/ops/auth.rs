@@ -8,10 +8,10 @@ use crate::conn::end::End;
 use crate::conn::session::Session;
 
 impl Session {
-    pub(super) fn on_auth(&mut self, id: Option<i64>, token: Option<&str>) {
+    pub(super) async fn on_auth(&mut self, id: Option<i64>, token: Option<&str>) {
         match self.node.auth.authenticate(token) {
             Ok(identity) => {
-                if !self.admit_user(id, &identity) {
+                if !self.admit_user(id, &identity).await {
                     return;
                 }
                 self.reply(

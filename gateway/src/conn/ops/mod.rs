@@ -45,7 +45,7 @@ impl Session {
         }
         let Some(identity) = self.identity.clone() else {
             match req {
-                Request::Auth { token } => self.on_auth(id, token.as_deref()),
+                Request::Auth { token } => self.on_auth(id, token.as_deref()).await,
                 _ => self.error(id, ErrorCode::Unauthorized, "authenticate first with {\"op\":\"auth\"}"),
             }
             return;
