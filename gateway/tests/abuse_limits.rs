@@ -63,6 +63,44 @@ async fn a_flood_that_lets_tokens_trickle_in_is_still_closed_4029() {
     );
 }
 
+#[tokio::test]
+async fn a_flood_is_read_a_few_times_a_second_not_as_fast_as_it_writes() {
+    // 3,000 sends written at once against 20 a second: after each refusal
+    // the node reads nothing for a pause, so it answers a few dozen a
+    // second (what the rate allows, and a refusal per pause) instead of
+    // parsing and refusing all 3,000 at once; and still closes 4029.
+    let node = TestNode::start(&["--send-rate", "20", "--send-burst", "5", "--rate-limit-grace", "2s"]).await;
+    let mut c = node.guest().await;
+    c.join("flood").await;
+    let frame = json!({"op":"send","room":"flood","body":1}).to_string();
+    for _ in 0..3000 {
+        c.ws.feed(Message::Text(frame.clone().into())).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let started = Instant::now();
+    let (mut in_first_second, mut answered) = (0, 0);
+    let end = loop {
+        match next_or_end(&mut c).await {
+            Ok(v) if v["op"] == "ok" || v["code"] == "rate_limited" => {
+                answered += 1;
+                if started.elapsed() < Duration::from_secs(1) {
+                    in_first_second += 1;
+                }
+            }
+            Ok(_) => continue,
+            Err(end) => break end,
+        }
+    };
+    assert_eq!(end, Ended::Close(4029), "answered {answered}");
+    assert!(
+        in_first_second < 100,
+        "{in_first_second} requests answered in the first second of the flood"
+    );
+    assert!(answered < 300, "{answered} of 3000 requests read before the close");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "closed {took:?} after the flood began (grace 2s)");
+}
+
 /// A WebSocket client whose socket takes almost nothing: a tiny receive
 /// buffer, and nobody reading it.
 async fn never_reading(url: &str) -> Ws {

@@ -31,6 +31,13 @@ use crate::{metrics, ws};
 /// A pause in refusals this long ends a client's run over the rate.
 const RATE_QUIET: Duration = Duration::from_secs(1);
 
+/// After a refusal for rate, the connection's further requests wait this
+/// long before they are read and handled (TCP pushes back meanwhile), so a
+/// flood costs the node a few refusals a second, not one per frame sent.
+/// Shorter than [`RATE_QUIET`]: a client that keeps flooding stays in its
+/// run and is closed 4029 after the grace.
+pub(super) const REFUSED_PAUSE: Duration = Duration::from_millis(250);
+
 /// Window over which bad frames are counted.
 const BAD_FRAME_WINDOW: Duration = Duration::from_secs(60);
 
@@ -191,6 +198,14 @@ impl Session {
 
     pub(super) fn ending(&self) -> bool {
         self.end.is_some()
+    }
+
+    /// Until when requests wait after a refusal for rate (see
+    /// [`REFUSED_PAUSE`]); `None` when not paused.
+    pub(super) fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.limited
+            .map(|(_, latest)| latest + REFUSED_PAUSE)
+            .filter(|&until| until > now)
     }
 
     /// When the connection must have authenticated; `None` once it has.

@@ -15,7 +15,9 @@
 //! (a client silent for two ping intervals, half a frame included, is
 //! dropped). While replies above the high-water mark wait, frames already
 //! read wait too and nothing more is read, so pipelined requests cannot
-//! pile up replies; TCP pushes back on the client.
+//! pile up replies; TCP pushes back on the client. After a refusal for
+//! rate the same holds for a short pause (`Session::paused_until`): a
+//! flooding client is read a few times a second, not as fast as it writes.
 //!
 //! Outbound frames are already encoded (`hub::Out`); the task writes them
 //! straight from its queue with vectored, non-blocking writes, so no write
@@ -179,9 +181,10 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
         }
         // Frames already read are handled while replies are below the
         // high-water mark; above it they wait, and nothing more is read.
+        let paused = s.paused_until(Instant::now());
         if let Some(i) = &mut inbound {
             let replies_low = s.handle().queue.lock().own_bytes < high_water(s);
-            if !i.frames.is_empty() && replies_low {
+            if !i.frames.is_empty() && replies_low && paused.is_none() {
                 Box::pin(handle_frames(tcp, i, s)).await;
                 continue;
             }
@@ -206,11 +209,14 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
             let q = s.handle().queue.lock();
             (!q.items.is_empty(), q.own_bytes < high_water(s), q.stalled_since)
         };
-        let may_read = replies_low && inbound.as_ref().is_none_or(|i| i.frames.is_empty());
+        let may_read = replies_low && paused.is_none() && inbound.as_ref().is_none_or(|i| i.frames.is_empty());
         let write_timeout = s.settings().write_timeout;
         let mut deadline = s.next_deadline();
         if let Some(since) = stalled {
             deadline = deadline.min(since + write_timeout);
+        }
+        if let Some(until) = paused {
+            deadline = deadline.min(until);
         }
         if timer.deadline() != deadline || timer.is_elapsed() {
             timer.as_mut().reset(deadline);
@@ -295,7 +301,8 @@ fn read_available(tcp: &TcpStream, inbound: &mut Option<Box<Inbound>>, max_frame
 }
 
 /// Handles frames already read, in order, until none are left, replies
-/// reach the high-water mark, a handler ends the connection, or a burst's
+/// reach the high-water mark, a request is refused for rate (the rest wait
+/// out the pause), a handler ends the connection, or a burst's
 /// worth was handled (the main loop then writes and waits before more).
 /// Replies are written as they come.
 async fn handle_frames(tcp: &TcpStream, i: &mut Inbound, s: &mut Session) {
@@ -314,7 +321,7 @@ async fn handle_frames(tcp: &TcpStream, i: &mut Inbound, s: &mut Session) {
         }
         let _ = flush(tcp, s);
         let replies_low = s.handle().queue.lock().own_bytes < high_water(s);
-        if !replies_low || handled >= MAX_BURST_FRAMES {
+        if !replies_low || handled >= MAX_BURST_FRAMES || s.paused_until(Instant::now()).is_some() {
             break;
         }
     }
