@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A well-behaved client's latency while the node is under attack (issue 10):
-# one release gateway node (embedded defaults, pinned to CPU 0), a probe
+# one release gateway node (embedded defaults but a per-IP connection rate
+# of 20/s, pinned to CPU 0), a probe
 # (`loadtest` fan-out: 20 members in 2 rooms, 2 senders at 40 msg/s in all,
 # pinned to CPU 1) measured for SECONDS alone, then for SECONDS while each
-# attack of benches/abuse_attacks.py runs (pinned to CPU 1 too, at nice 19
+# attack of benches/abuse_attacks.py runs (from 127.0.0.200) (pinned to CPU 1 too, at nice 19
 # so the probe is not starved on its own core), a fresh baseline before
 # each. Prints send-to-ack and send-to-delivery p50/p99 and each attack's
 # p99 over its baseline, and the node's peak RSS during each phase.
@@ -20,7 +21,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 taskset -c 0 "$TARGET/gateway" --listen 127.0.0.1:0 --data-dir "$OUT/data" --log-format json \
-    --api-key bench-key >"$OUT/gw.log" 2>&1 &
+    --api-key bench-key --connection-rate-per-ip 20 >"$OUT/gw.log" 2>&1 &
 gw=$!
 pids+=("$gw")
 addr=$(gateway_addr "$OUT/gw.log")
@@ -68,7 +69,7 @@ summary=()
 for attack in $ATTACKS; do
     probe "base-$attack"
     # The attacker starts first and runs a little longer than the probe.
-    taskset -c 1 nice -n 19 python3 benches/abuse_attacks.py "$attack" "$addr" $((SECONDS_PER_PHASE + 4)) \
+    taskset -c 1 nice -n 19 python3 benches/abuse_attacks.py "$attack" "$addr" $((SECONDS_PER_PHASE + 4)) --source 127.0.0.200 \
         >"$OUT/attack-$attack.json" 2>"$OUT/attack-$attack.err" &
     attacker=$!
     pids+=("$attacker")

@@ -185,6 +185,17 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: u32,
 
+    /// New TCP connections per second one client address may open (IPv6:
+    /// per /64); past it a connection is closed before a byte is read (or,
+    /// behind a trusted proxy, its upgrade gets 503). 0: no rate.
+    #[arg(long, env = "GATEWAY_CONNECTION_RATE_PER_IP", default_value_t = 0.0)]
+    pub connection_rate_per_ip: f64,
+
+    /// New connections one client address may open at once, above
+    /// `connection_rate_per_ip`.
+    #[arg(long, env = "GATEWAY_CONNECTION_BURST_PER_IP", default_value_t = 50)]
+    pub connection_burst_per_ip: u32,
+
     /// Connections one authenticated user may hold (on every node of the
     /// cluster, or on this node: see `user_limit_scope`); the next is
     /// refused after `auth` (`rate_limited`, close 4029). 0: no cap.
@@ -343,6 +354,12 @@ impl Config {
                 "request_rate",
                 "request_rate and request_burst must be more than 0",
             ));
+        }
+        if !(c.connection_rate_per_ip.is_finite() && c.connection_rate_per_ip >= 0.0) {
+            return Err(invalid("connection_rate_per_ip", "must be 0 (off) or more"));
+        }
+        if c.connection_burst_per_ip == 0 {
+            return Err(invalid("connection_burst_per_ip", "must be at least 1"));
         }
         if !(c.user_send_rate.is_finite() && c.user_send_rate >= 0.0) {
             return Err(invalid("user_send_rate", "must be 0 (off) or more"));

@@ -26,6 +26,15 @@ pub struct Node {
     pub prometheus: PrometheusHandle,
     /// Connection caps, origins, the memory budget.
     pub admission: Arc<admission::Admission>,
+    /// History and replay chunks read at once, one per core: clients that
+    /// ask for large pages share the cores in turn instead of taking them
+    /// all from everyone else's messages.
+    pub heavy_reads: tokio::sync::Semaphore,
+}
+
+/// Permits of [`Node::heavy_reads`]: the cores this process may run on.
+pub fn heavy_read_permits() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 impl Node {

@@ -95,6 +95,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         tracker: TaskTracker::new(),
         prometheus,
         admission,
+        heavy_reads: tokio::sync::Semaphore::new(crate::node::heavy_read_permits()),
     });
     let internal = match internal {
         Some(l) => Some(serve_internal(&node, l)?),
@@ -189,6 +190,11 @@ async fn serve(node: &Arc<Node>, listener: TcpListener, grace: Duration) {
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
+                        if !node.admission.accept(peer.ip()) {
+                            metrics::connection_refused(admission::Refusal::IpRate.reason());
+                            drop(stream);
+                            continue;
+                        }
                         let conn = http::serve_connection(node.clone(), stream, peer, Listener::Client);
                         // Connections accepted while draining only get 503s;
                         // the drain does not wait for them.

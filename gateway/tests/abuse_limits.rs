@@ -98,7 +98,10 @@ async fn a_flood_is_read_a_few_times_a_second_not_as_fast_as_it_writes() {
     );
     assert!(answered < 300, "{answered} of 3000 requests read before the close");
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(6), "closed {took:?} after the flood began (grace 2s)");
+    assert!(
+        took < Duration::from_secs(6),
+        "closed {took:?} after the flood began (grace 2s)"
+    );
 }
 
 /// A WebSocket client whose socket takes almost nothing: a tiny receive

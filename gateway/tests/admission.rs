@@ -148,6 +148,52 @@ async fn ip_cap_counts_direct_clients_by_peer_address() {
     node.stop().await;
 }
 
+/// An upgrade whose TCP connection the node closes before answering.
+async fn closed_at_the_door(addr: SocketAddr, from: &str) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    let handshake = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream));
+    match tokio::time::timeout(WAIT, handshake).await.expect("handshake in time") {
+        Ok(_) => panic!("upgrade from {from} admitted; expected the connection closed"),
+        Err(WsError::Http(r)) => panic!("upgrade from {from} answered {}; expected no answer", r.status()),
+        Err(_) => {}
+    }
+}
+
+#[tokio::test]
+async fn connection_rate_per_ip_closes_a_storm_at_the_door() {
+    let node = TestNode::start(&[
+        "--connection-rate-per-ip",
+        "0.01",
+        "--connection-burst-per-ip",
+        "3",
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--client-ip-header",
+        "X-Forwarded-For",
+    ])
+    .await;
+    // A direct client: its burst, then closed before a byte is read.
+    for _ in 0..3 {
+        admitted(node.addr, Some("127.0.0.5"), &[]).await;
+    }
+    closed_at_the_door(node.addr, "127.0.0.5").await;
+    // Another address is not affected.
+    admitted(node.addr, Some("127.0.0.6"), &[]).await;
+    // Behind the trusted proxy, each forwarded client has its own rate,
+    // refused with 503 (the proxy's own connection is not at fault).
+    let xff = [("x-forwarded-for", "198.51.100.9")];
+    for _ in 0..3 {
+        admitted(node.addr, Some("127.0.0.1"), &xff).await;
+    }
+    unavailable(node.addr, Some("127.0.0.1"), &xff).await;
+    admitted(node.addr, Some("127.0.0.1"), &[("x-forwarded-for", "198.51.100.10")]).await;
+    assert!(refused_total(&node, "ip_rate").await >= 2.0);
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn client_ip_header_is_honoured_only_from_trusted_proxies() {
     let node = TestNode::start(&[

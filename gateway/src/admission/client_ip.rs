@@ -99,7 +99,7 @@ impl ClientIp {
         }
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    pub(super) fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|c| c.contains(ip))
     }
 

@@ -11,10 +11,12 @@
 //! - `client_ip`: who the client is (the peer, or a trusted proxy's header).
 //! - `origin`: the `Origin` policy.
 //! - `memory`: the process's resident memory against the budget.
+//! - `ip_rate`: new connections per second per client address.
 //! - `users`: the per-user connection cap and send rate, over the cluster
 //!   (through Redis) or this node.
 
 mod client_ip;
+mod ip_rate;
 mod memory;
 mod origin;
 mod users;
@@ -99,6 +101,7 @@ pub enum Refusal {
     Memory,
     NodeCap,
     IpCap,
+    IpRate,
     UserCap,
 }
 
@@ -110,6 +113,7 @@ impl Refusal {
             Refusal::Memory => "memory",
             Refusal::NodeCap => "node_cap",
             Refusal::IpCap => "ip_cap",
+            Refusal::IpRate => "ip_rate",
             Refusal::UserCap => "user_cap",
         }
     }
@@ -122,6 +126,7 @@ impl Refusal {
             Refusal::Memory => "node is short of memory, try again later\n",
             Refusal::NodeCap => "node is at its connection limit, try again later\n",
             Refusal::IpCap => "too many connections from this address\n",
+            Refusal::IpRate => "too many new connections from this address, slow down\n",
             Refusal::UserCap => "too many connections for this user",
         }
     }
@@ -169,6 +174,7 @@ pub struct Admission {
     max_connections: usize,
     open: AtomicUsize,
     per_ip: Option<Counts<IpAddr>>,
+    ip_rates: Option<ip_rate::IpRates>,
     /// Keyed by a hash of the user id: an entry costs 12 bytes, not a
     /// second reference to the id's text.
     users: Arc<UserLimits>,
@@ -200,6 +206,7 @@ impl Admission {
             max_connections,
             open: AtomicUsize::new(0),
             per_ip: Counts::new(c.max_connections_per_ip),
+            ip_rates: ip_rate::IpRates::new(c.connection_rate_per_ip, c.connection_burst_per_ip),
             users: UserLimits::new(
                 c.max_connections_per_user,
                 c.user_send_rate,
@@ -210,6 +217,7 @@ impl Admission {
         tracing::info!(
             max_connections,
             per_ip = c.max_connections_per_ip,
+            rate_per_ip = c.connection_rate_per_ip,
             per_user = c.max_connections_per_user,
             user_send_rate = c.user_send_rate,
             user_scope = ?c.user_limit_scope,
@@ -218,6 +226,16 @@ impl Admission {
             "admission limits"
         );
         Arc::new(a)
+    }
+
+    /// Whether a TCP connection just accepted from `peer` may be served: a
+    /// client address over its connection rate is not (a trusted proxy's
+    /// clients are counted at the upgrade, by the address it names).
+    pub fn accept(&self, peer: IpAddr) -> bool {
+        match &self.ip_rates {
+            Some(rates) if !self.policy.client_ip.is_trusted(peer.to_canonical()) => rates.take(peer),
+            _ => true,
+        }
     }
 
     /// Admits an upgrade from `peer` with these request headers, or says
@@ -239,12 +257,21 @@ impl Admission {
             admission: self.clone(),
             ip: None,
         };
-        if let Some(per_ip) = &self.per_ip {
+        let proxied = self.policy.client_ip.is_trusted(peer.to_canonical());
+        if self.per_ip.is_some() || (proxied && self.ip_rates.is_some()) {
             let ip = self.policy.client_ip.resolve(peer, headers);
-            if !per_ip.take(&ip) {
-                return Err(Refusal::IpCap);
+            if proxied
+                && let Some(rates) = &self.ip_rates
+                && !rates.take(ip)
+            {
+                return Err(Refusal::IpRate);
             }
-            slot.ip = Some(ip);
+            if let Some(per_ip) = &self.per_ip {
+                if !per_ip.take(&ip) {
+                    return Err(Refusal::IpCap);
+                }
+                slot.ip = Some(ip);
+            }
         }
         Ok(slot)
     }

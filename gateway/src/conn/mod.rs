@@ -100,6 +100,7 @@ mod tests {
                 tracker: Default::default(),
                 prometheus: crate::metrics::install(),
                 admission,
+                heavy_reads: tokio::sync::Semaphore::new(1),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

@@ -1,11 +1,12 @@
 //! `history`: a page of a room's stored messages, newest first or around
 //! an id, from the bus (which merges the store with the stream window).
 
-use dispatcher::{Bus, BusError, Page, StoredMessage};
+use dispatcher::{BusError, Page, StoredMessage};
 use protocol::ErrorCode;
 use protocol::encode::history_reply;
 use protocol::request::HistoryPage;
 
+use crate::Node;
 use crate::auth::Identity;
 use crate::conn::session::Session;
 use crate::view::view;
@@ -28,7 +29,7 @@ impl Session {
             HistoryPage::After(a) => Page::After(a),
         };
         let cap = self.handle.byte_budget() / 2;
-        let messages = match fetch_page(&*self.node.bus, &room, page, limit, cap).await {
+        let messages = match fetch_page(&self.node, &room, page, limit, cap).await {
             Ok(Some(messages)) => messages,
             Ok(None) => return self.too_large(id),
             Err(e) => return self.unavailable(id, &e),
@@ -66,7 +67,7 @@ fn estimate(m: &StoredMessage) -> usize {
 /// Reads `page` of `room` in chunks, ascending; `None` once the messages
 /// read are over `cap` bytes (as the reply would be).
 async fn fetch_page(
-    bus: &dyn Bus,
+    node: &Node,
     room: &str,
     page: Page,
     limit: usize,
@@ -77,7 +78,10 @@ async fn fetch_page(
     let mut cursor = page;
     while out.len() < limit {
         let want = CHUNK.min(limit - out.len());
-        let chunk = bus.history(room, cursor, want).await?;
+        let chunk = {
+            let _turn = node.heavy_reads.acquire().await;
+            node.bus.history(room, cursor, want).await?
+        };
         bytes += chunk.iter().map(estimate).sum::<usize>();
         if bytes > cap {
             return Ok(None);

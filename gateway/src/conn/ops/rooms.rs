@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dispatcher::{Bus, BusError, EventKind};
+use dispatcher::{BusError, EventKind};
 use protocol::ErrorCode;
 use protocol::encode::{Obj, msg_event};
 
+use crate::Node;
 use crate::auth::Identity;
 use crate::conn::session::{Joined, Session};
 use crate::view::view;
@@ -57,7 +58,7 @@ impl Session {
             None => (0, true, Vec::new()),
             Some(since) => {
                 let (limit, cap) = (self.settings().recovery_limit, self.handle.byte_budget() / 2);
-                match replay_frames(&*self.node.bus, &room, since, limit, cap).await {
+                match replay_frames(&self.node, &room, since, limit, cap).await {
                     Ok(Some((floor, frames))) => (floor, true, frames),
                     // Too many, too large, or a gap the bus cannot close:
                     // one to page with `history`.
@@ -145,7 +146,7 @@ const REPLAY_CHUNK: usize = 64;
 /// with the id of the last one (or `since`); `None` when there are more
 /// than `limit`, they are over `cap` bytes, or the bus cannot close the gap.
 async fn replay_frames(
-    bus: &dyn Bus,
+    node: &Node,
     room: &str,
     since: u64,
     limit: usize,
@@ -153,7 +154,10 @@ async fn replay_frames(
 ) -> Result<Option<(u64, Vec<Bytes>)>, BusError> {
     let (mut frames, mut bytes, mut cursor) = (Vec::new(), 0, since);
     loop {
-        let replay = bus.replay(room, cursor, REPLAY_CHUNK).await?;
+        let replay = {
+            let _turn = node.heavy_reads.acquire().await;
+            node.bus.replay(room, cursor, REPLAY_CHUNK).await?
+        };
         if !replay.complete && replay.messages.is_empty() {
             return Ok(None);
         }
