@@ -86,6 +86,12 @@ impl Authenticator {
         }
     }
 
+    /// Whether tokens can be checked now (a JWK set from a URL has no keys
+    /// until its first fetch): part of `/readyz`.
+    pub fn ready(&self) -> bool {
+        self.jwt.as_ref().is_none_or(|j| j.has_keys())
+    }
+
     /// Authenticates a token, or, with none, a guest when allowed.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         match token {

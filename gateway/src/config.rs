@@ -65,13 +65,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_JWT_ALGORITHM")]
     pub jwt_algorithm: Option<String>,
 
-    /// A JWKS file (JSON `{"keys":[...]}`) instead of one key: tokens name
-    /// their key by `kid`; the file is checked every `jwt_jwks_refresh` and
-    /// reloaded when it changes, so keys rotate without a restart.
+    /// A JWK set (JSON `{"keys":[...]}`) instead of one key, from a file or
+    /// an `http://`/`https://` URL: tokens name their key by `kid`; the set
+    /// is checked every `jwt_jwks_refresh` and reloaded when it changed, so
+    /// keys rotate without a restart. A URL's set is fetched after start;
+    /// until it first loads, tokens are refused and `/readyz` is 503.
     #[arg(long, env = "GATEWAY_JWT_JWKS")]
     pub jwt_jwks: Option<PathBuf>,
 
-    /// How often the JWKS file is checked for changes.
+    /// How often the JWK set's file or URL is checked for changes.
     #[arg(long, env = "GATEWAY_JWT_JWKS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
     pub jwt_jwks_refresh: Duration,
 

@@ -23,7 +23,8 @@
 //! - [`admission`]: which upgrades and users a node takes (origins,
 //!   connection caps per node, IP and user, the memory budget).
 //! - [`auth`]: JWT and guests; [`jwt`]: which key checks a token (one
-//!   static key, or a JWKS file reloaded when it changes). [`metrics`]: `gateway_*` metrics.
+//!   static key, or a JWK set); [`jwks`]: a JWK set from a file or a URL,
+//!   followed so keys rotate without a restart. [`metrics`]: `gateway_*` metrics.
 //! - `server`: [`run`] wires them to the bus (`dispatcher`) and the store
 //!   (`storage`) and serves until the shutdown token is cancelled, then
 //!   drains.
@@ -36,6 +37,7 @@ pub mod config;
 mod conn;
 mod http;
 pub mod hub;
+pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 mod node;

@@ -39,6 +39,6 @@ pub fn heavy_read_permits() -> usize {
 
 impl Node {
     pub fn is_ready(&self) -> bool {
-        !self.shutdown.is_cancelled() && self.bus.is_ready()
+        !self.shutdown.is_cancelled() && self.bus.is_ready() && self.auth.ready()
     }
 }

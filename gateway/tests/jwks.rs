@@ -124,3 +124,135 @@ fn a_bad_jwks_file_or_a_second_key_source_is_a_bad_setting() {
         assert!(err.starts_with(setting), "{args:?}: {err}");
     }
 }
+
+/// A JWK set served over HTTP by the test: what it answers now, and the
+/// `If-None-Match` of each request it got.
+#[derive(Default)]
+struct Served {
+    status: u16,
+    body: String,
+    etag: String,
+    conditional: Vec<String>,
+}
+
+/// Serves `GET` on a free loopback port from `served`, one request per
+/// connection, until the test ends.
+async fn serve_jwks(served: std::sync::Arc<std::sync::Mutex<Served>>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let served = served.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < buf.len() {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                let inm = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("if-none-match:"))
+                    .map(|v| v.trim().to_string());
+                let response = {
+                    let mut sv = served.lock().unwrap();
+                    if let Some(tag) = &inm {
+                        sv.conditional.push(tag.clone());
+                    }
+                    if sv.status == 200 && inm.as_deref() == Some(sv.etag.as_str()) {
+                        "HTTP/1.1 304 Not Modified\r\nconnection: close\r\n\r\n".to_string()
+                    } else {
+                        format!(
+                            "HTTP/1.1 {} X\r\ncontent-length: {}\r\netag: {}\r\nconnection: close\r\n\r\n{}",
+                            sv.status,
+                            sv.body.len(),
+                            sv.etag,
+                            sv.body
+                        )
+                    }
+                };
+                let _ = s.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_fetched_followed_and_gates_readiness() {
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Served {
+        status: 503,
+        ..Default::default()
+    }));
+    let addr = serve_jwks(served.clone()).await;
+    let url = format!("http://{addr}/jwks.json");
+    let node = TestNode::start(&["--jwt-jwks", &url, "--jwt-jwks-refresh", "200ms"]).await;
+    let k1 = signed(Some("k1"), Algorithm::HS256, ONE, "u1");
+    let k2 = signed(Some("k2"), Algorithm::HS256, TWO, "u2");
+    // No set yet: not ready, tokens refused.
+    assert_eq!(node.http("GET", "/readyz", &[], "").await.0, 503);
+    assert!(!accepted(&node, &k1).await);
+
+    *served.lock().unwrap() = Served {
+        status: 200,
+        body: jwks(&[("k1", ONE_K)]),
+        etag: "\"v1\"".into(),
+        ..Default::default()
+    };
+    Wait::new("the set fetched and the node ready", WAIT)
+        .every(Duration::from_millis(100))
+        .until_async(async || match node.http("GET", "/readyz", &[], "").await.0 {
+            200 => Ok(()),
+            s => Err(format!("/readyz {s}")),
+        })
+        .await;
+    assert!(accepted(&node, &k1).await);
+    // Unchanged, it is asked for conditionally (and answered 304).
+    Wait::new("a conditional fetch", WAIT)
+        .until_async(async || {
+            let sv = served.lock().unwrap();
+            if sv.conditional.iter().any(|t| t == "\"v1\"") {
+                Ok(())
+            } else {
+                Err(format!("{:?}", sv.conditional))
+            }
+        })
+        .await;
+    assert!(accepted(&node, &k1).await, "a 304 keeps the keys");
+
+    // Rotation at the provider: k2 replaces k1.
+    {
+        let mut sv = served.lock().unwrap();
+        sv.body = jwks(&[("k2", TWO_K)]);
+        sv.etag = "\"v2\"".into();
+    }
+    Wait::new("the rotated set taken up", WAIT)
+        .every(Duration::from_millis(100))
+        .until_async(async || {
+            if accepted(&node, &k2).await {
+                Ok(())
+            } else {
+                Err("k2 refused")
+            }
+        })
+        .await;
+    assert!(!accepted(&node, &k1).await, "k1 retired");
+
+    // The provider failing keeps the keys the node has.
+    served.lock().unwrap().status = 500;
+    Wait::new("a failed fetch counted", WAIT)
+        .every(Duration::from_millis(100))
+        .until_async(async || {
+            let (_, text) = node.http("GET", "/metrics", &[], "").await;
+            let failed = text.contains("gateway_auth_jwks_reloads_total{result=\"failed\"}");
+            if failed { Ok(()) } else { Err("no failed fetch yet") }
+        })
+        .await;
+    assert!(accepted(&node, &k2).await);
+    assert_eq!(node.http("GET", "/readyz", &[], "").await.0, 200);
+    node.stop().await;
+}
