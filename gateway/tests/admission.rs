@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use testkit::Wait;
+use testkit::{GatewayProcess, Wait};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -353,78 +351,30 @@ async fn draining_refusals_are_counted() {
     node.stop().await;
 }
 
-/// The real binary, killed on drop, with the addresses it logged.
-struct Process {
-    child: Child,
-    client: SocketAddr,
-    internal: SocketAddr,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_binary(dir: &std::path::Path, args: &[&str]) -> Process {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GATEWAY_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
-        .arg(dir)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut client, mut internal) = (None, None);
-    while client.is_none() || internal.is_none() {
-        let line = lines.next().expect("gateway exited before listening").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let addr = || v["fields"]["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
-        match v["fields"]["message"].as_str() {
-            Some("listening") => client = Some(addr()),
-            Some("internal listener") => internal = Some(addr()),
-            _ => {}
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Process {
-        child,
-        client: client.unwrap(),
-        internal: internal.unwrap(),
-    }
-}
-
 #[tokio::test]
 async fn internal_listener_takes_metrics_off_the_client_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let p = start_binary(dir.path(), &["--internal-listen", "127.0.0.1:0"]);
-    assert_ne!(p.internal.port(), 0, "port 0 is bound to a real port");
+    let p = GatewayProcess::start(
+        env!("CARGO_BIN_EXE_gateway"),
+        dir.path(),
+        &["--internal-listen", "127.0.0.1:0"],
+    );
+    let internal = p.internal.expect("the internal listener's address is logged");
+    assert_ne!(internal.port(), 0, "port 0 is bound to a real port");
     let get = async |addr, path| http_request(addr, "GET", path, &[], "").await;
 
-    let (status, text) = get(p.internal, "/metrics").await;
+    let (status, text) = get(internal, "/metrics").await;
     assert_eq!(status, 200);
     assert!(text.contains("gateway_"), "{text}");
-    assert_eq!(get(p.internal, "/healthz").await.0, 200);
-    assert_eq!(get(p.internal, "/readyz").await.0, 200);
-    assert_eq!(
-        get(p.internal, "/ws").await.0,
-        404,
-        "no clients on the internal listener"
-    );
-    assert_eq!(get(p.internal, "/api/rooms/r/messages").await.0, 404);
+    assert_eq!(get(internal, "/healthz").await.0, 200);
+    assert_eq!(get(internal, "/readyz").await.0, 200);
+    assert_eq!(get(internal, "/ws").await.0, 404, "no clients on the internal listener");
+    assert_eq!(get(internal, "/api/rooms/r/messages").await.0, 404);
 
-    assert_eq!(get(p.client, "/metrics").await.0, 404);
-    assert_eq!(get(p.client, "/healthz").await.0, 200);
-    assert_eq!(get(p.client, "/readyz").await.0, 200);
-    let mut c = admitted(p.client, None, &[]).await;
+    assert_eq!(get(p.addr, "/metrics").await.0, 404);
+    assert_eq!(get(p.addr, "/healthz").await.0, 200);
+    assert_eq!(get(p.addr, "/readyz").await.0, 200);
+    let mut c = admitted(p.addr, None, &[]).await;
     auth_guest(&mut c).await;
 }
 

@@ -321,6 +321,9 @@ impl Drop for RedisCluster {
 pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The internal listener's address, when started with
+    /// `--internal-listen`.
+    pub internal: Option<SocketAddr>,
     pub data_dir: PathBuf,
 }
 
@@ -347,20 +350,27 @@ impl GatewayProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        // The node logs its bound address; read until then, then keep
+        // The node logs its bound addresses (the client listener's, and the
+        // internal one's when asked for); read until then, then keep
         // draining stdout so the pipe never fills.
+        let wants_internal = args.contains(&"--internal-listen");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
+        let (mut addr, mut internal) = (None, None);
+        while addr.is_none() || (wants_internal && internal.is_none()) {
             let line = lines.next().expect("gateway exited before listening").unwrap();
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["fields"]["message"] == "listening" {
-                break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            let logged = || v["fields"]["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
+            match v["fields"]["message"].as_str() {
+                Some("listening") => addr = Some(logged()),
+                Some("internal listener") => internal = Some(logged()),
+                _ => {}
             }
-        };
+        }
         std::thread::spawn(move || for _ in lines {});
         GatewayProcess {
             child,
-            addr,
+            addr: addr.unwrap(),
+            internal,
             data_dir: data_dir.to_path_buf(),
         }
     }
