@@ -6,7 +6,9 @@
 //! 8725 3.9: a token minted for another service must not pass for one of
 //! ours). `sub` must be a valid user id ([`protocol::user`]): it is shown
 //! to other clients. The optional `rooms` claim replaces the default room
-//! policy for that user.
+//! policy for that user; the optional `mod` claim (1.1) names the rooms
+//! they moderate. `exp` is kept: a connection outlives its token only by
+//! `token_expiry_grace`, unless it sends `refresh` (see `conn::ops::auth`).
 //!
 //! A refused token is answered with a short fixed reason; the library's
 //! (claim names, offsets, encodings) is logged at debug, never sent.
@@ -25,11 +27,29 @@ pub struct Identity {
     pub user: Arc<str>,
     /// Room patterns this user may join.
     pub rooms: Arc<[String]>,
+    /// (1.1) Room patterns this user moderates (the `mod` claim).
+    pub mods: Option<Arc<[String]>>,
+    /// The token's `exp` (Unix seconds); `None` for guests.
+    pub expires_at: Option<u64>,
 }
 
 impl Identity {
     pub fn may_join(&self, room: &str) -> bool {
         protocol::room::allowed(&self.rooms, room)
+    }
+
+    /// Whether this user moderates `room` (the `mod` claim).
+    pub fn moderates(&self, room: &str) -> bool {
+        self.mods.as_deref().is_some_and(|m| protocol::room::allowed(m, room))
+    }
+
+    /// Seconds until the token expires (0 once it has); `None` for guests.
+    pub fn expires_in(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.expires_at.map(|exp| exp.saturating_sub(now))
     }
 }
 
@@ -55,8 +75,11 @@ pub enum AuthError {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     rooms: Option<Vec<String>>,
+    #[serde(default, rename = "mod")]
+    mods: Option<Vec<String>>,
 }
 
 pub struct Authenticator {
@@ -139,6 +162,8 @@ impl Authenticator {
         Ok(Identity {
             user: claims.sub.into(),
             rooms,
+            mods: claims.mods.map(Into::into),
+            expires_at: Some(claims.exp),
         })
     }
 
@@ -147,6 +172,8 @@ impl Authenticator {
         Identity {
             user: format!("guest-{n:016x}").into(),
             rooms: self.default_rooms.clone(),
+            mods: None,
+            expires_at: None,
         }
     }
 }

@@ -246,6 +246,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_MEMORY", default_value_t = 0)]
     pub max_memory: u64,
 
+    /// (1.1) How long a connection may outlive its token's `exp` without a
+    /// `refresh`; then `unauthorized` ("token expired") and close 4001.
+    #[arg(long, env = "GATEWAY_TOKEN_EXPIRY_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub token_expiry_grace: Duration,
+
     /// Time allowed to drain on SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -38,6 +38,10 @@ pub enum Request {
     Auth {
         token: Option<String>,
     },
+    /// (1.1) A new token for the connection's user.
+    Refresh {
+        token: String,
+    },
     Join {
         room: String,
         since: Option<u64>,
@@ -68,6 +72,7 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::Auth { .. } => "auth",
+            Request::Refresh { .. } => "refresh",
             Request::Join { .. } => "join",
             Request::Leave { .. } => "leave",
             Request::Send { .. } => "send",
@@ -128,6 +133,11 @@ pub fn parse_request(buf: &mut [u8]) -> Result<(Option<i64>, Request), ParseErro
     let req = match op {
         "auth" => Request::Auth {
             token: opt_str(&value, "token", id)?.map(str::to_owned),
+        },
+        "refresh" => Request::Refresh {
+            token: opt_str(&value, "token", id)?
+                .ok_or_else(|| bad(id, "missing \"token\"".into()))?
+                .to_owned(),
         },
         "join" => Request::Join {
             room: room(&value, id)?,
@@ -278,6 +288,14 @@ mod tests {
                     token: Some("t".into())
                 }
             )
+        );
+        assert_eq!(
+            parse(r#"{"op":"refresh","id":2,"token":"t2"}"#).unwrap(),
+            (Some(2), Request::Refresh { token: "t2".into() })
+        );
+        assert_eq!(
+            parse(r#"{"op":"refresh","id":3}"#).unwrap_err().code,
+            ErrorCode::BadRequest
         );
         assert_eq!(
             parse(r#"{"op":"auth","id":1}"#).unwrap().1,

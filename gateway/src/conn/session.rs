@@ -146,7 +146,7 @@ impl Session {
         match header_auth {
             Ok(identity) => {
                 if self.admit_user(None, &identity).await {
-                    self.identity = Some(identity);
+                    self.set_identity(identity);
                 }
             }
             Err(e) => {
@@ -208,9 +208,24 @@ impl Session {
             .filter(|&until| until > now)
     }
 
-    /// When the connection must have authenticated; `None` once it has.
+    /// The connection becomes `identity`'s. A token's expiry (plus the
+    /// grace) becomes the connection's deadline: the same field that held
+    /// the authentication deadline, so no timer is added.
+    pub(super) fn set_identity(&mut self, identity: Identity) {
+        if let Some(secs) = identity.expires_in() {
+            self.auth_deadline = Instant::now() + Duration::from_secs(secs) + self.settings().token_expiry_grace;
+        }
+        self.identity = Some(identity);
+    }
+
+    /// When the connection must have authenticated, or (authenticated with
+    /// a token) refreshed it; `None` for a guest.
     pub(super) fn auth_deadline(&self) -> Option<Instant> {
-        self.identity.is_none().then_some(self.auth_deadline)
+        match &self.identity {
+            None => Some(self.auth_deadline),
+            Some(i) if i.expires_at.is_some() => Some(self.auth_deadline),
+            Some(_) => None,
+        }
     }
 
     /// The next time [`Session::on_timer`] has something to do.
@@ -227,8 +242,12 @@ impl Session {
     pub(super) fn on_timer(&mut self) -> Option<End> {
         let now = Instant::now();
         let interval = self.settings().ping_interval;
-        if self.identity.is_none() && now >= self.auth_deadline {
-            return Some(End::Close(close::UNAUTHORIZED, "authentication timeout"));
+        if self.auth_deadline().is_some_and(|d| now >= d) {
+            if self.identity.is_none() {
+                return Some(End::Close(close::UNAUTHORIZED, "authentication timeout"));
+            }
+            self.error(None, ErrorCode::Unauthorized, "token expired");
+            return Some(End::Close(close::UNAUTHORIZED, "token expired"));
         }
         if now >= self.last_rx + interval * 2 {
             return Some(End::Drop("silent for two ping intervals"));

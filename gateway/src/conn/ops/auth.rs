@@ -1,9 +1,17 @@
 //! `auth`: authenticates the connection with a token (or as a guest). A
 //! refused token ends the connection with 4001.
+//!
+//! `refresh` (1.1): a new token for the same user moves the connection's
+//! expiry; rooms its `rooms` claim no longer grants are left (`removed`,
+//! reason `access`). A token that does not pass is refused and the
+//! connection keeps its old one until that expires.
+
+use std::sync::Arc;
 
 use protocol::encode::Obj;
 use protocol::{ErrorCode, close};
 
+use crate::auth::Identity;
 use crate::conn::end::End;
 use crate::conn::session::Session;
 
@@ -14,19 +22,48 @@ impl Session {
                 if !self.admit_user(id, &identity).await {
                     return;
                 }
-                self.reply(
-                    Obj::new("ok")
-                        .id(id)
-                        .str("user", &identity.user)
-                        .str("node", &self.node.node_id)
-                        .finish(),
-                );
-                self.identity = Some(identity);
+                let mut ok = Obj::new("ok")
+                    .id(id)
+                    .str("user", &identity.user)
+                    .str("node", &self.node.node_id);
+                if let Some(secs) = identity.expires_in() {
+                    ok = ok.num("expires_in", secs);
+                }
+                self.reply(ok.finish());
+                self.set_identity(identity);
             }
             Err(e) => {
                 self.error(id, ErrorCode::Unauthorized, &e.to_string());
                 self.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
             }
         }
+    }
+}
+
+impl Session {
+    pub(super) async fn on_refresh(&mut self, id: Option<i64>, current: &Identity, token: &str) {
+        let identity = match self.node.auth.authenticate(Some(token)) {
+            Ok(identity) => identity,
+            Err(e) => return self.error(id, ErrorCode::Unauthorized, &e.to_string()),
+        };
+        if identity.user != current.user {
+            return self.error(id, ErrorCode::Forbidden, "the token is for another user");
+        }
+        let lost: Vec<Arc<str>> = self
+            .rooms
+            .iter()
+            .filter(|j| !identity.may_join(&j.room))
+            .map(|j| j.room.clone())
+            .collect();
+        for room in lost {
+            self.leave(&room).await;
+            self.reply(Obj::new("removed").str("room", &room).str("reason", "access").finish());
+        }
+        let mut ok = Obj::new("ok").id(id);
+        if let Some(secs) = identity.expires_in() {
+            ok = ok.num("expires_in", secs);
+        }
+        self.reply(ok.finish());
+        self.set_identity(identity);
     }
 }

@@ -2,7 +2,7 @@
 //! block with that family's handlers (and any state of its own), and here
 //! the table that routes a parsed request to its handler.
 //!
-//! - `auth` in [`auth`] (with any later token op, e.g. a refresh).
+//! - `auth` and `refresh` in [`auth`].
 //! - `join` (with the `since` replay) and `leave` in [`rooms`], with
 //!   leaving every room when the connection ends.
 //! - `send` (checked, then published in pipelined batches) and `typing` in
@@ -61,6 +61,7 @@ impl Session {
         }
         match req {
             Request::Auth { .. } => self.error(id, ErrorCode::BadRequest, "already authenticated"),
+            Request::Refresh { token } => self.on_refresh(id, &identity, &token).await,
             Request::Join { room, since } => self.on_join(id, &identity, room, since).await,
             Request::Leave { room } => self.on_leave(id, room).await,
             Request::Send { room, body, ephemeral } => self.on_send(id, &identity, room, body, ephemeral).await,

@@ -104,7 +104,7 @@ impl Session {
 
     /// Leaves one room: membership, interest, and a `left` event when this
     /// was the user's last connection in it.
-    async fn leave(&mut self, room: &str) {
+    pub(super) async fn leave(&mut self, room: &str) {
         let Some(pos) = self.rooms.iter().position(|j| &*j.room == room) else {
             return;
         };
