@@ -75,7 +75,8 @@ pub enum AuthError {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
-    exp: u64,
+    /// A NumericDate: RFC 7519 allows fractions.
+    exp: f64,
     #[serde(default)]
     rooms: Option<Vec<String>>,
     #[serde(default, rename = "mod")]
@@ -163,7 +164,7 @@ impl Authenticator {
             user: claims.sub.into(),
             rooms,
             mods: claims.mods.map(Into::into),
-            expires_at: Some(claims.exp),
+            expires_at: Some(claims.exp.max(0.0) as u64),
         })
     }
 
