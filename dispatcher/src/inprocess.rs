@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -17,6 +17,7 @@ use storage::HistoryStore;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::dedupe::{Recent, nonce_hash};
 use crate::{Bus, BusError, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
 
 /// Publishes the sequencer folds into one store append.
@@ -36,12 +37,19 @@ pub struct InProcessBus {
 
 impl InProcessBus {
     pub fn new(store: Arc<dyn HistoryStore>, sink: Arc<dyn Sink>) -> Self {
+        Self::with_dedupe_window(store, sink, crate::dedupe::DEFAULT_WINDOW)
+    }
+
+    /// A bus whose send nonces are remembered for `window`.
+    pub fn with_dedupe_window(store: Arc<dyn HistoryStore>, sink: Arc<dyn Sink>, window: Duration) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 8);
         let seq = Sequencer {
             store: store.clone(),
             sink: sink.clone(),
             last: HashMap::new(),
             forgotten_floor: 0,
+            nonces: Recent::new(window),
+            nonce_key: (rand::random(), rand::random()),
         };
         let handle = tokio::spawn(seq.run(rx));
         InProcessBus {
@@ -61,6 +69,9 @@ struct Sequencer {
     /// room's next id stays above it, even if its newest id was ephemeral
     /// (never stored).
     forgotten_floor: u64,
+    /// Send nonces of the dedupe window (in memory: a restart forgets them).
+    nonces: Recent,
+    nonce_key: (u64, u64),
 }
 
 impl Sequencer {
@@ -92,11 +103,29 @@ impl Sequencer {
         let m = crate::metrics::get();
         let now = protocol::id::now_ms();
         let mut minted = Vec::with_capacity(batch.len());
+        // Nonces first seen in this batch: a repeat within it is answered
+        // once the first is durable.
+        let mut fresh: HashMap<u128, u64> = HashMap::new();
+        let mut repeats = Vec::new();
+        let clock = Instant::now();
         for (msg, reply) in batch {
+            let nonce = match (&msg.nonce, msg.ephemeral) {
+                (Some(n), false) => Some(nonce_hash(self.nonce_key, &msg.from, &msg.room, n)),
+                _ => None,
+            };
+            if let Some(n) = nonce
+                && let Some(id) = self.nonces.get(n, clock).or_else(|| fresh.get(&n).copied())
+            {
+                repeats.push((reply, id));
+                continue;
+            }
             match self.last_id(&msg.room).await {
                 Ok(last) => {
                     let id = protocol::id::next_after(last, now);
                     self.last.insert(msg.room.clone(), id);
+                    if let Some(n) = nonce {
+                        fresh.insert(n, id);
+                    }
                     let stored = StoredMessage {
                         room: msg.room.to_string(),
                         id,
@@ -130,18 +159,38 @@ impl Sequencer {
             for (_, _, reply) in minted {
                 let _ = reply.send(Err(BusError::Unavailable(e.to_string())));
             }
+            for (reply, _) in repeats {
+                let _ = reply.send(Err(BusError::Unavailable(e.to_string())));
+            }
             return;
+        }
+        for (n, id) in fresh {
+            self.nonces.insert(n, id, clock);
         }
         m.published.increment(minted.len() as u64);
         let mut deliveries = Vec::with_capacity(minted.len());
         let mut replies = Vec::with_capacity(minted.len());
         for (msg, ephemeral, reply) in minted {
-            replies.push((reply, Published { id: msg.id, ts: msg.ts }));
+            replies.push((
+                reply,
+                Published {
+                    id: msg.id,
+                    ts: msg.ts,
+                    duplicate: false,
+                },
+            ));
             deliveries.push(Delivery::Message { msg, ephemeral });
         }
         self.sink.deliver(deliveries);
         for (reply, published) in replies {
             let _ = reply.send(Ok(published));
+        }
+        for (reply, id) in repeats {
+            let _ = reply.send(Ok(Published {
+                id,
+                ts: protocol::id::millis(id),
+                duplicate: true,
+            }));
         }
     }
 }
@@ -240,6 +289,7 @@ mod tests {
             from: "u1".into(),
             body: body.into(),
             ephemeral,
+            nonce: None,
         }
     }
 

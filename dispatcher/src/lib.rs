@@ -16,12 +16,15 @@
 //! - [`settings`]: the cluster settings both binaries share (Redis, streams,
 //!   the CQL store, the persister, logging), loaded and validated one way.
 //! - [`backoff`]: the one reconnect backoff (exponential, full jitter).
+//! - [`dedupe`]: send nonces (1.1): which repeated sends are answered with
+//!   the first one's id instead of being stored again.
 //!
 //! The dispatcher knows nothing of WebSockets: it moves [`Delivery`]s.
 
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod dedupe;
 pub mod inprocess;
 mod metrics;
 pub mod persister;
@@ -42,6 +45,10 @@ pub struct NewMessage {
     pub body: String,
     /// Delivered live, never stored.
     pub ephemeral: bool,
+    /// (1.1) The client's nonce: a stored message repeating a (user, room,
+    /// nonce) within the dedupe window is not stored again (see
+    /// [`dedupe`]).
+    pub nonce: Option<Arc<str>>,
 }
 
 /// The bus's answer once a message is durable (or, ephemeral, ordered).
@@ -49,6 +56,9 @@ pub struct NewMessage {
 pub struct Published {
     pub id: u64,
     pub ts: u64,
+    /// (1.1) A repeated nonce: `id` and `ts` are the first message's, and
+    /// nothing was stored or delivered.
+    pub duplicate: bool,
 }
 
 /// Room events that are delivered and never stored.

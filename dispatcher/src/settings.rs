@@ -129,6 +129,13 @@ pub struct ClusterArgs {
     #[arg(long, env = "GATEWAY_STREAM_MAX_BYTES", default_value_t = 64 << 20)]
     pub stream_max_bytes: u64,
 
+    /// (1.1) How long a `send`'s nonce is remembered: a repeat within it is
+    /// answered with the first message's id and not stored again. In Redis
+    /// (a key per nonce beside the room's stream) with the Redis bus; in
+    /// the node's memory on a single node.
+    #[arg(long, env = "GATEWAY_DEDUPE_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub dedupe_window: Duration,
+
     /// Stream entries older than this are trimmed; 0 keeps by count only.
     #[arg(long, env = "GATEWAY_STREAM_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub stream_max_age: Duration,
@@ -284,6 +291,7 @@ impl Cluster {
             block: Duration::from_secs(5),
             trim_every: self.args.stream_trim_interval,
             node_ttl: self.args.presence_ttl,
+            dedupe_window: self.args.dedupe_window,
         })
     }
 

@@ -75,6 +75,7 @@ async fn a_killed_persister_is_taken_over_without_loss_or_duplicates() {
         block: Duration::from_secs(1),
         trim_every: Duration::from_secs(3600),
         node_ttl: Duration::from_secs(5),
+        dedupe_window: Duration::from_secs(600),
     };
     let store = Arc::new(
         CqlStore::connect(&CqlConfig {
@@ -100,6 +101,7 @@ async fn a_killed_persister_is_taken_over_without_loss_or_duplicates() {
             from: "u".into(),
             body: format!("{i}"),
             ephemeral: false,
+            nonce: None,
         };
         acked.push((room.to_string(), bus.publish(msg).await.unwrap().id));
         if i == 1500 {

@@ -413,6 +413,7 @@ async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> R
         from: from.into(),
         body: body.get().to_owned(),
         ephemeral: false,
+        nonce: None,
     };
     match node.bus.publish(msg).await {
         Ok(p) => json(

@@ -141,7 +141,11 @@ impl Backend {
                 None => (Arc::new(EmbeddedStore::open(&c.data_dir)?), "embedded"),
             };
             return Ok(Backend {
-                bus: Arc::new(InProcessBus::new(store, sink)),
+                bus: Arc::new(InProcessBus::with_dedupe_window(
+                    store,
+                    sink,
+                    cluster.args.dedupe_window,
+                )),
                 node_id: c.node_id.clone().unwrap_or_else(|| "gw-0".into()),
                 store: kind,
                 persister: None,

@@ -53,6 +53,9 @@ pub enum Request {
         room: String,
         body: String,
         ephemeral: bool,
+        /// (1.1) The client's name for this message: a repeat within the
+        /// dedupe window is answered with the first one's id.
+        nonce: Option<String>,
     },
     History {
         room: String,
@@ -158,7 +161,17 @@ pub fn parse_request(buf: &mut [u8]) -> Result<(Option<i64>, Request), ParseErro
                     .as_bool()
                     .ok_or_else(|| bad(id, "\"ephemeral\" must be a boolean".into()))?,
             };
-            Request::Send { room, body, ephemeral }
+            let nonce = match opt_str(&value, "nonce", id)? {
+                None => None,
+                Some(n) if is_valid_nonce(n) => Some(n.to_owned()),
+                Some(_) => return Err(bad(id, "invalid nonce: use 1 to 64 characters of [A-Za-z0-9_-]".into())),
+            };
+            Request::Send {
+                room,
+                body,
+                ephemeral,
+                nonce,
+            }
         }
         "history" => {
             let room = room(&value, id)?;
@@ -237,6 +250,11 @@ fn opt_str<'v>(value: &'v BorrowedValue<'_>, key: &str, id: Option<i64>) -> Resu
             .map(Some)
             .ok_or_else(|| bad(id, format!("\"{key}\" must be a string"))),
     }
+}
+
+/// (1.1) A `send`'s nonce: 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn is_valid_nonce(n: &str) -> bool {
+    (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn room(value: &BorrowedValue<'_>, id: Option<i64>) -> Result<String, ParseError> {
@@ -326,7 +344,8 @@ mod tests {
                 Request::Send {
                     room: "r1".into(),
                     body: r#"{"t": "hi", "n":[1,2]}"#.into(),
-                    ephemeral: false
+                    ephemeral: false,
+                    nonce: None
                 }
             )
         );
@@ -337,9 +356,26 @@ mod tests {
             Request::Send {
                 room: "r1".into(),
                 body: r#""x""#.into(),
-                ephemeral: true
+                ephemeral: true,
+                nonce: None
             }
         );
+        assert_eq!(
+            parse(r#"{"op":"send","room":"r1","body":1,"nonce":"a-Z_9"}"#)
+                .unwrap()
+                .1,
+            Request::Send {
+                room: "r1".into(),
+                body: "1".into(),
+                ephemeral: false,
+                nonce: Some("a-Z_9".into())
+            }
+        );
+        for bad_nonce in [r#""""#, r#""a b""#, r#""é""#, "7", &format!("{:?}", "n".repeat(65))] {
+            let frame = format!(r#"{{"op":"send","id":4,"room":"r1","body":1,"nonce":{bad_nonce}}}"#);
+            let e = parse(&frame).unwrap_err();
+            assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest), "{frame}");
+        }
         assert_eq!(
             parse(r#"{"op":"history","room":"r1","before":"9","limit":10}"#)
                 .unwrap()

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::conn::{Pool, Target, redis_error};
 use super::lease::NodeLease;
 use super::presence::Presence;
-use super::publish::Publisher;
+use super::publish::{Append, Publisher};
 use super::readers::{ReaderContext, Readers};
 use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, origin};
 use super::trim::Trimmer;
@@ -47,6 +47,8 @@ pub struct RedisBusConfig {
     /// A node's heartbeat key (its lease and its presence) lives this long
     /// without a refresh; refreshed every second.
     pub node_ttl: Duration,
+    /// How long a send's nonce is remembered.
+    pub dedupe_window: Duration,
 }
 
 pub struct RedisBus {
@@ -97,7 +99,12 @@ impl RedisBus {
             .ok_or_else(|| BusError::Unavailable(format!("redis: {name} is not 32 hex digits")))?;
         // With a store, the trimmer cuts streams only below what the
         // persister has stored; without one, appends trim by count.
-        let publisher = Publisher::connect(cfg.target.clone(), store.is_none().then_some(cfg.maxlen)).await?;
+        let publisher = Publisher::connect(
+            cfg.target.clone(),
+            store.is_none().then_some(cfg.maxlen),
+            cfg.dedupe_window,
+        )
+        .await?;
         let closed = CancellationToken::new();
         let tasks = TaskTracker::new();
         let node_id = lease.node_id.clone();
@@ -193,28 +200,21 @@ async fn heartbeat(shared: Arc<Shared>) {
     }
 }
 
-fn published(id: u64) -> Published {
+fn published(id: u64, duplicate: bool) -> Published {
     Published {
         id,
         ts: protocol::id::millis(id),
+        duplicate,
     }
 }
 
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, msg: NewMessage) -> Result<Published, BusError> {
-        let m = crate::metrics::get();
-        let key = self.shared.layout.room_key(&msg.room);
-        match self.shared.publisher.add(&key, &message_fields(&msg)).await {
-            Ok(id) => {
-                m.published.increment(1);
-                Ok(published(id))
-            }
-            Err(e) => {
-                m.publish_failures.increment(1);
-                Err(e)
-            }
-        }
+        self.publish_batch(vec![msg])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BusError::Unavailable("not published".into())))
     }
 
     async fn publish_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Published, BusError>> {
@@ -230,7 +230,25 @@ impl Bus for RedisBus {
         }
         let runs = groups.iter().map(|(key, idx)| {
             let fields: Vec<_> = idx.iter().map(|&i| message_fields(&msgs[i])).collect();
-            async move { self.shared.publisher.add_all(key, fields.iter().map(|f| &f[..])).await }
+            let nonce_keys: Vec<Option<String>> = idx
+                .iter()
+                .map(|&i| {
+                    let m = &msgs[i];
+                    let nonce = m.nonce.as_deref().filter(|_| !m.ephemeral)?;
+                    Some(self.shared.layout.nonce_key(&m.room, &m.from, nonce))
+                })
+                .collect();
+            async move {
+                let entries: Vec<Append<'_>> = fields
+                    .iter()
+                    .zip(nonce_keys)
+                    .map(|(f, nonce_key)| Append {
+                        fields: &f[..],
+                        nonce_key,
+                    })
+                    .collect();
+                self.shared.publisher.add_all(key, &entries).await
+            }
         });
         let results = futures_util::future::join_all(runs).await;
         let m = crate::metrics::get();
@@ -238,9 +256,10 @@ impl Bus for RedisBus {
         for ((_, idx), result) in groups.iter().zip(results) {
             match result {
                 Ok(ids) => {
-                    m.published.increment(ids.len() as u64);
-                    for (&i, id) in idx.iter().zip(ids) {
-                        out[i] = Some(Ok(published(id)));
+                    m.published
+                        .increment(ids.iter().filter(|(_, repeat)| !repeat).count() as u64);
+                    for (&i, (id, repeat)) in idx.iter().zip(ids) {
+                        out[i] = Some(Ok(published(id, repeat)));
                     }
                 }
                 Err(e) => {

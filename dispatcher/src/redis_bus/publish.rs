@@ -15,16 +15,43 @@ pub(crate) struct Publisher {
     /// `Some(maxlen)`: trim on every append (no store behind the window);
     /// `None`: the trim task cuts only what the persister has stored.
     maxlen: Option<usize>,
+    /// How long a send's nonce is remembered.
+    dedupe_window: Duration,
     conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+/// Appends a send with a nonce once: if the nonce's key (same hash slot as
+/// the stream) names an entry already, that entry's id; else the entry's
+/// new id, remembered under the key for the window. One script, so two
+/// nodes retrying the same send at once cannot both append it.
+/// KEYS: stream, nonce key. ARGV: window ms, maxlen (0: none), fields.
+const APPEND_ONCE: &str = "local seen = redis.call('GET', KEYS[2]) \
+    if seen then return {1, seen} end \
+    local id \
+    if ARGV[2] == '0' then id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3)) \
+    else id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3)) end \
+    redis.call('SET', KEYS[2], id, 'PX', ARGV[1]) \
+    return {0, id}";
+
+/// One entry to append: its fields, and for a send with a nonce the key
+/// that remembers it.
+pub(crate) struct Append<'a> {
+    pub(crate) fields: &'a [(&'a str, &'a str)],
+    pub(crate) nonce_key: Option<String>,
 }
 
 impl Publisher {
     /// Connects now, so a node that cannot publish does not start.
-    pub(crate) async fn connect(target: Target, maxlen: Option<usize>) -> Result<Publisher, BusError> {
+    pub(crate) async fn connect(
+        target: Target,
+        maxlen: Option<usize>,
+        dedupe_window: Duration,
+    ) -> Result<Publisher, BusError> {
         let conn = target.connect(Duration::from_secs(5)).await?;
         Ok(Publisher {
             target,
             maxlen,
+            dedupe_window,
             conn: tokio::sync::Mutex::new(Some(conn)),
         })
     }
@@ -73,24 +100,58 @@ impl Publisher {
         }
     }
 
-    /// Appends entries to one stream in one pipeline, in order; their ids.
-    pub(crate) async fn add_all<'a>(
-        &self,
-        key: &str,
-        entries: impl IntoIterator<Item = &'a [(&'a str, &'a str)]>,
-    ) -> Result<Vec<u64>, BusError> {
+    fn append_once(&self, key: &str, nonce_key: &str, fields: &[(&str, &str)]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(APPEND_ONCE)
+            .arg(2)
+            .arg(key)
+            .arg(nonce_key)
+            .arg(self.dedupe_window.as_millis() as u64)
+            .arg(self.maxlen.unwrap_or(0));
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd
+    }
+
+    /// Appends entries to one stream in one pipeline, in order; each one's
+    /// id and whether it was a repeated nonce (then the first one's id, and
+    /// nothing appended).
+    pub(crate) async fn add_all(&self, key: &str, entries: &[Append<'_>]) -> Result<Vec<(u64, bool)>, BusError> {
         let mut pipe = redis::pipe();
-        for fields in entries {
-            pipe.add_command(self.xadd(key, fields));
+        for e in entries {
+            pipe.add_command(match &e.nonce_key {
+                None => self.xadd(key, e.fields),
+                Some(nonce_key) => self.append_once(key, nonce_key, e.fields),
+            });
         }
         let mut conn = self.conn().await?;
-        match pipe.query_async::<Vec<String>>(&mut conn).await {
-            Ok(ids) => ids.iter().map(|id| parse_id(id)).collect(),
+        match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
+            Ok(replies) => replies.iter().map(appended).collect(),
             Err(e) => {
                 self.failed(&e).await;
                 Err(redis_error("XADD pipeline", e))
             }
         }
+    }
+}
+
+/// An `XADD` reply (an id) or an [`APPEND_ONCE`] reply (`[repeat, id]`).
+fn appended(v: &redis::Value) -> Result<(u64, bool), BusError> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let odd = || redis_error("XADD", format!("unexpected reply {v:?}"));
+    match v {
+        Value::Array(parts) if parts.len() == 2 => {
+            let repeat = matches!(parts[0], Value::Int(1));
+            let id = text(&parts[1]).ok_or_else(odd)?;
+            Ok((parse_id(&id)?, repeat))
+        }
+        other => Ok((parse_id(&text(other).ok_or_else(odd)?)?, false)),
     }
 }
 

@@ -26,6 +26,8 @@ pub const PERSISTER_GROUP: &str = "persister";
 
 /// Separates user hashes from room hashes under the one cluster key.
 const USER_DOMAIN: u64 = 0x7573_6572_0000_0001;
+/// Separates nonce hashes from the others.
+const NONCE_DOMAIN: u64 = 0x6e6f_6e63_0000_0001;
 
 /// The shard streams of one deployment: a key prefix, how many streams
 /// rooms are spread over, and the cluster's hash key. Every node and
@@ -128,6 +130,14 @@ impl StreamLayout {
     /// Sends of a user in fixed window number `window`, over the cluster.
     pub fn user_sends_key(&self, user: u64, window: u64) -> String {
         format!("{}:user:{user:016x}:sends:{window}", self.prefix)
+    }
+
+    /// The key remembering `nonce` of `user` in `room` (1.1): beside the
+    /// room's stream, in its hash slot, so one script touches both.
+    pub fn nonce_key(&self, room: &str, user: &str, nonce: &str) -> String {
+        let stream = self.stream_of(room);
+        let hash = crate::dedupe::nonce_hash((self.key.0 ^ NONCE_DOMAIN, self.key.1), user, room, nonce);
+        format!("{}:{{s{stream}}}:nonce:{hash:032x}", self.prefix)
     }
 
     /// The set of `node|user` present in `room`.
@@ -380,6 +390,7 @@ mod tests {
             from: "ann".into(),
             body: r#"{"t":1}"#.into(),
             ephemeral: false,
+            nonce: None,
         };
         let e = Entry::decode(&entry("5-1", &message_fields(&msg))).unwrap();
         let stored = e.clone().into_stored().unwrap();

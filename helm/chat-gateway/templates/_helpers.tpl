@@ -113,7 +113,7 @@ A setting's value as environment text: whole numbers without an exponent
 
 {{/* Settings of `config` that the dispatcher shares (ClusterArgs and LogArgs). */}}
 {{- define "chat-gateway.clusterKeys" -}}
-redis_prefix stream_shards stream_maxlen stream_max_bytes stream_max_age stream_trim_interval presence_ttl persister_batch persister_wait persister_claim_idle log_format log
+redis_prefix stream_shards stream_maxlen stream_max_bytes stream_max_age dedupe_window stream_trim_interval presence_ttl persister_batch persister_wait persister_claim_idle log_format log
 {{- end }}
 
 {{/*

@@ -64,7 +64,12 @@ impl Session {
             Request::Refresh { token } => self.on_refresh(id, &identity, &token).await,
             Request::Join { room, since } => self.on_join(id, &identity, room, since).await,
             Request::Leave { room } => self.on_leave(id, room).await,
-            Request::Send { room, body, ephemeral } => self.on_send(id, &identity, room, body, ephemeral).await,
+            Request::Send {
+                room,
+                body,
+                ephemeral,
+                nonce,
+            } => self.on_send(id, &identity, room, body, ephemeral, nonce).await,
             Request::History { room, page, limit } => self.on_history(id, &identity, room, page, limit).await,
             Request::Presence { room } => self.on_presence(id, &identity, room).await,
             Request::Typing { room } => self.on_typing(id, &identity, room).await,

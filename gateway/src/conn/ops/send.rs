@@ -1,4 +1,8 @@
-//! `send` and `typing`. A checked `send` waits in the session's pipeline
+//! `send` and `typing`. A `send` with a `nonce` (1.1) that repeats one of
+//! the dedupe window is answered by the bus with the first message's id
+//! and `"duplicate":true` (see `dispatcher::dedupe`).
+//!
+//! A checked `send` waits in the session's pipeline
 //! while more requests of the same read burst are already here; the socket
 //! layer asks [`Session::sends_due`] after each frame and publishes them in
 //! one batch (`flush_sends`), answered in request order.
@@ -24,6 +28,7 @@ impl Session {
         room: String,
         body: String,
         ephemeral: bool,
+        nonce: Option<String>,
     ) {
         let joined = self.joined(&room).map(|j| j.room.clone());
         let refusal = match joined {
@@ -43,6 +48,7 @@ impl Session {
                     from: identity.user.clone(),
                     body,
                     ephemeral,
+                    nonce: nonce.map(Into::into),
                 };
                 self.pending_sends.push(PendingSend { id, msg });
                 None
@@ -99,14 +105,15 @@ impl Session {
             match result {
                 Ok(p) => {
                     metrics::get().send_seconds.record(took);
-                    self.reply(
-                        Obj::new("ok")
-                            .id(id)
-                            .str("room", &room)
-                            .msg_id("msg", p.id)
-                            .num("ts", p.ts)
-                            .finish(),
-                    );
+                    let mut ok = Obj::new("ok")
+                        .id(id)
+                        .str("room", &room)
+                        .msg_id("msg", p.id)
+                        .num("ts", p.ts);
+                    if p.duplicate {
+                        ok = ok.bool("duplicate", true);
+                    }
+                    self.reply(ok.finish());
                 }
                 Err(e) => self.unavailable(id, &e),
             }

@@ -1,0 +1,138 @@
+//! Send nonces (protocol 1.1): a `send` repeating a (user, room, nonce)
+//! within the dedupe window gets the first message's id with
+//! `"duplicate":true`, and nothing is stored or delivered again: on one
+//! node, over a reconnect, within one pipelined burst, and across the
+//! nodes of a cluster on one Redis and on a Redis Cluster.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use testkit::{GatewayProcess, RedisCluster, RedisServer};
+
+async fn send(c: &mut Client, room: &str, body: Value, nonce: &str) -> Value {
+    let r = c
+        .request(json!({"op":"send","room":room,"body":body,"nonce":nonce}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    r
+}
+
+#[tokio::test]
+async fn a_repeated_nonce_is_answered_with_the_first_message_on_one_node() {
+    let node = TestNode::start(&[]).await;
+    let mut a = node.guest().await;
+    a.join("r").await;
+    let mut watcher = node.guest().await;
+    watcher.join("r").await;
+
+    let first = send(&mut a, "r", json!({"n":1}), "n-1").await;
+    assert!(first.get("duplicate").is_none(), "{first}");
+    let again = send(&mut a, "r", json!({"n":1}), "n-1").await;
+    assert_eq!((&again["msg"], &again["ts"]), (&first["msg"], &first["ts"]), "{again}");
+    assert_eq!(again["duplicate"], true);
+
+    // Within one pipelined burst too: one stored, both answered with it.
+    for _ in 0..2 {
+        a.send(json!({"op":"send","id":900,"room":"r","body":2,"nonce":"burst"}))
+            .await;
+    }
+    let (b1, b2) = (
+        a.recv_matching(|v| v["id"] == 900).await,
+        a.recv_matching(|v| v["id"] == 900).await,
+    );
+    assert_eq!(b1["msg"], b2["msg"], "{b1} {b2}");
+    assert_eq!(
+        b1.get("duplicate").is_some() as u8 + b2.get("duplicate").is_some() as u8,
+        1
+    );
+
+    // Another room, or no nonce, is another message.
+    a.join("s").await;
+    let other_room = send(&mut a, "s", json!({"n":1}), "n-1").await;
+    assert!(other_room.get("duplicate").is_none(), "{other_room}");
+
+    // Watchers saw each stored message once.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(msg_id(&watcher.next_msg("r").await));
+    }
+    assert_eq!(seen, vec![msg_id(&first), msg_id(&b1)]);
+    let history = all_history(&mut a, "r").await;
+    assert_eq!(history, seen, "stored once each");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn nonces_are_per_user_and_survive_a_reconnect() {
+    let node = TestNode::start(&["--jwt-secret", SECRET]).await;
+    let connect = async |user: &str| {
+        let mut c = node.client().await;
+        assert_eq!(
+            c.request(json!({"op":"auth","token":token(valid_claims(user))})).await["op"],
+            "ok"
+        );
+        c.join("r").await;
+        c
+    };
+    let mut u1 = connect("u1").await;
+    let first = send(&mut u1, "r", json!(1), "same").await;
+    drop(u1);
+    let mut u1_again = connect("u1").await;
+    let retry = send(&mut u1_again, "r", json!(1), "same").await;
+    assert_eq!((&retry["msg"], &retry["duplicate"]), (&first["msg"], &json!(true)));
+    let mut u2 = connect("u2").await;
+    let theirs = send(&mut u2, "r", json!(1), "same").await;
+    assert!(theirs.get("duplicate").is_none(), "another user's nonce: {theirs}");
+    node.stop().await;
+}
+
+async fn across_nodes(bus: Vec<String>) {
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<&str> = bus.iter().map(String::as_str).collect();
+        args.extend_from_slice(&["--jwt-secret", SECRET]);
+        nodes.push(GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), dir.path(), &args));
+        dirs.push(dir);
+    }
+    let connect = async |node: &GatewayProcess| {
+        let mut c = Client::connect(&node.url(), None).await;
+        assert_eq!(
+            c.request(json!({"op":"auth","token":token(valid_claims("u1"))})).await["op"],
+            "ok"
+        );
+        c
+    };
+    let mut a = connect(&nodes[0]).await;
+    let mut b = connect(&nodes[1]).await;
+    // Several rooms, so several shard streams (and Redis Cluster slots).
+    for i in 0..6 {
+        let room = format!("room-{i}");
+        a.join(&room).await;
+        b.join(&room).await;
+        let first = send(&mut a, &room, json!({"i":i}), &format!("nonce-{i}")).await;
+        // The reply was lost: the client retries through the other node.
+        let retry = send(&mut b, &room, json!({"i":i}), &format!("nonce-{i}")).await;
+        assert_eq!((&retry["msg"], &retry["ts"]), (&first["msg"], &first["ts"]), "{room}");
+        assert_eq!(retry["duplicate"], true);
+        assert_eq!(
+            all_history(&mut b, &room).await,
+            vec![msg_id(&first)],
+            "{room}: stored once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retry_on_another_node_is_a_duplicate_on_one_redis() {
+    let redis = RedisServer::start();
+    across_nodes(vec!["--redis-url".into(), redis.url()]).await;
+}
+
+#[tokio::test]
+async fn a_retry_on_another_node_is_a_duplicate_on_a_redis_cluster() {
+    let redis = RedisCluster::start(3);
+    across_nodes(vec!["--redis-cluster-nodes".into(), redis.urls().join(",")]).await;
+}
