@@ -132,6 +132,7 @@ impl Sequencer {
                         from: msg.from.to_string(),
                         ts: now,
                         body: msg.body,
+                        reply_to: msg.reply_to,
                     };
                     minted.push((Arc::new(stored), msg.ephemeral, reply));
                 }
@@ -290,6 +291,7 @@ mod tests {
             body: body.into(),
             ephemeral,
             nonce: None,
+            reply_to: None,
         }
     }
 
@@ -348,6 +350,7 @@ mod tests {
                 from: "x".into(),
                 ts: 0,
                 body: "1".into(),
+                reply_to: None,
             }])
             .await
             .unwrap();

@@ -49,6 +49,8 @@ pub struct NewMessage {
     /// nonce) within the dedupe window is not stored again (see
     /// [`dedupe`]).
     pub nonce: Option<Arc<str>>,
+    /// (1.1) The message this one replies to.
+    pub reply_to: Option<u64>,
 }
 
 /// The bus's answer once a message is durable (or, ephemeral, ordered).

@@ -102,6 +102,7 @@ async fn a_killed_persister_is_taken_over_without_loss_or_duplicates() {
             body: format!("{i}"),
             ephemeral: false,
             nonce: None,
+            reply_to: None,
         };
         acked.push((room.to_string(), bus.publish(msg).await.unwrap().id));
         if i == 1500 {

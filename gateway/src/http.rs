@@ -414,6 +414,7 @@ async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> R
         body: body.get().to_owned(),
         ephemeral: false,
         nonce: None,
+        reply_to: None,
     };
     match node.bus.publish(msg).await {
         Ok(p) => json(

@@ -16,5 +16,6 @@ pub(crate) fn view(m: &StoredMessage) -> MsgView<'_> {
         from: &m.from,
         ts: m.ts,
         body: &m.body,
+        reply_to: m.reply_to,
     }
 }

@@ -111,6 +111,17 @@ async fn messages_sent_across_nodes_land_in_history_exactly_once() {
     // History through a node merges the store and the window: the same ids.
     let mut reader = guest(&a.url()).await;
     assert_eq!(all_history(&mut reader, "h").await, acked);
+
+    // (1.1) A reply keeps what it replies to through the stream, the
+    // persister and the store.
+    reader.join("h").await;
+    let r = reader
+        .request(json!({"op":"send","room":"h","body":"re","reply_to":acked[0].to_string()}))
+        .await;
+    let reply = msg_id(&r);
+    wait_stored(&store, "h", acked.len() + 1).await;
+    let stored = store.page("h", Page::After(reply - 1), 1).await.unwrap();
+    assert_eq!((stored[0].id, stored[0].reply_to), (reply, Some(acked[0])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,8 @@ pub struct MsgView<'a> {
     pub from: &'a str,
     pub ts: u64,
     pub body: &'a str,
+    /// (1.1) The message this one replies to.
+    pub reply_to: Option<u64>,
 }
 
 /// `{"op":"msg","room":..,"msg":"<id>","from":..,"ts":..,"body":..}`
@@ -116,11 +118,16 @@ pub fn msg_event(m: MsgView<'_>) -> Vec<u8> {
 }
 
 fn msg_obj(o: Obj, m: MsgView<'_>) -> Obj {
-    o.str("room", m.room)
+    let o = o
+        .str("room", m.room)
         .msg_id("msg", m.id)
         .str("from", m.from)
-        .num("ts", m.ts)
-        .raw("body", m.body.as_bytes())
+        .num("ts", m.ts);
+    let o = match m.reply_to {
+        Some(r) => o.msg_id("reply_to", r),
+        None => o,
+    };
+    o.raw("body", m.body.as_bytes())
 }
 
 /// `{"op":"history","id":..,"room":..,"messages":[<msg>...]}`
@@ -168,11 +175,21 @@ mod tests {
             from: "u\"1",
             ts: 5,
             body: r#"{"a":[1]}"#,
+            reply_to: None,
         }));
         assert_eq!(
             v,
             serde_json::json!({"op":"msg","room":"r1","msg":"18446744073709551615","from":"u\"1","ts":5,"body":{"a":[1]}})
         );
+        let reply = json(msg_event(MsgView {
+            room: "r1",
+            id: 9,
+            from: "u",
+            ts: 5,
+            body: "1",
+            reply_to: Some(7),
+        }));
+        assert_eq!(reply["reply_to"], "7", "{reply}");
     }
 
     #[test]
@@ -201,6 +218,7 @@ mod tests {
             from: "u",
             ts: 2,
             body: "null",
+            reply_to: None,
         };
         let h = json(history_reply(Some(4), "r", [m, MsgView { id: 2, ..m }]));
         assert_eq!(h["messages"].as_array().unwrap().len(), 2);

@@ -56,6 +56,8 @@ pub enum Request {
         /// (1.1) The client's name for this message: a repeat within the
         /// dedupe window is answered with the first one's id.
         nonce: Option<String>,
+        /// (1.1) The message this one replies to.
+        reply_to: Option<u64>,
     },
     History {
         room: String,
@@ -166,11 +168,13 @@ pub fn parse_request(buf: &mut [u8]) -> Result<(Option<i64>, Request), ParseErro
                 Some(n) if is_valid_nonce(n) => Some(n.to_owned()),
                 Some(_) => return Err(bad(id, "invalid nonce: use 1 to 64 characters of [A-Za-z0-9_-]".into())),
             };
+            let reply_to = opt_msg_id(&value, "reply_to", id)?;
             Request::Send {
                 room,
                 body,
                 ephemeral,
                 nonce,
+                reply_to,
             }
         }
         "history" => {
@@ -345,7 +349,8 @@ mod tests {
                     room: "r1".into(),
                     body: r#"{"t": "hi", "n":[1,2]}"#.into(),
                     ephemeral: false,
-                    nonce: None
+                    nonce: None,
+                    reply_to: None
                 }
             )
         );
@@ -357,18 +362,20 @@ mod tests {
                 room: "r1".into(),
                 body: r#""x""#.into(),
                 ephemeral: true,
-                nonce: None
+                nonce: None,
+                reply_to: None
             }
         );
         assert_eq!(
-            parse(r#"{"op":"send","room":"r1","body":1,"nonce":"a-Z_9"}"#)
+            parse(r#"{"op":"send","room":"r1","body":1,"nonce":"a-Z_9","reply_to":"42"}"#)
                 .unwrap()
                 .1,
             Request::Send {
                 room: "r1".into(),
                 body: "1".into(),
                 ephemeral: false,
-                nonce: Some("a-Z_9".into())
+                nonce: Some("a-Z_9".into()),
+                reply_to: Some(42)
             }
         );
         for bad_nonce in [r#""""#, r#""a b""#, r#""é""#, "7", &format!("{:?}", "n".repeat(65))] {

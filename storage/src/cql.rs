@@ -122,8 +122,8 @@ async fn bounded<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     out
 }
 
-/// A row of `messages` as read: ms, seq, sender, ts, body.
-type Row = (i64, i32, String, i64, String);
+/// A row of `messages` as read: ms, seq, sender, ts, body, reply_to.
+type Row = (i64, i32, String, i64, String, Option<i64>);
 
 impl CqlStore {
     /// Connects, creates the keyspace and tables if missing, and prepares
@@ -152,7 +152,7 @@ impl CqlStore {
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.messages (room text, bucket bigint, ms bigint, seq int, \
-                 sender text, ts bigint, body text, PRIMARY KEY ((room, bucket), ms, seq)) \
+                 sender text, ts bigint, body text, reply_to bigint, PRIMARY KEY ((room, bucket), ms, seq)) \
                  WITH CLUSTERING ORDER BY (ms DESC, seq DESC)"
             ),
             format!(
@@ -169,11 +169,16 @@ impl CqlStore {
                     detail: format!("{stmt}: {e}"),
                 })?;
         }
+        // Tables made before 1.1 gain the column; where it is there already
+        // this fails, harmlessly (the statements prepared below need it).
+        let _ = session
+            .query_unpaged(format!("ALTER TABLE {ks}.messages ADD reply_to bigint"), &[])
+            .await;
         session.await_schema_agreement().await.map_err(|e| StorageError::Cql {
             op: "schema agreement",
             detail: e.to_string(),
         })?;
-        let cols = "ms, seq, sender, ts, body";
+        let cols = "ms, seq, sender, ts, body, reply_to";
         let prepare = |q: String| {
             let session = &session;
             async move {
@@ -186,7 +191,7 @@ impl CqlStore {
         Ok(CqlStore {
             bucket_ms: (cfg.bucket.as_millis() as u64).max(1),
             insert: prepare(format!(
-                "INSERT INTO {ks}.messages (room, bucket, ms, seq, sender, ts, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO {ks}.messages (room, bucket, ms, seq, sender, ts, body, reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             ))
             .await?,
             insert_bucket: prepare(format!("INSERT INTO {ks}.room_buckets (room, bucket) VALUES (?, ?)")).await?,
@@ -260,13 +265,14 @@ impl CqlStore {
             .map_err(|e| cql_err("read")(e.to_string()))?;
         let mut rows = pager.rows_stream::<Row>().map_err(|e| cql_err("read")(e.to_string()))?;
         while let Some(row) = rows.next().await {
-            let (ms, seq, sender, ts, body) = row.map_err(|e| cql_err("read")(e.to_string()))?;
+            let (ms, seq, sender, ts, body, reply_to) = row.map_err(|e| cql_err("read")(e.to_string()))?;
             out.push(StoredMessage {
                 room: room.to_string(),
                 id: protocol::id::pack(ms as u64, seq as u64),
                 from: sender,
                 ts: ts as u64,
                 body,
+                reply_to: reply_to.map(|r| r as u64),
             });
         }
         Ok(())
@@ -337,6 +343,7 @@ impl HistoryStore for CqlStore {
                         msg.from.as_str(),
                         msg.ts as i64,
                         msg.body.as_str(),
+                        msg.reply_to.map(|r| r as i64),
                     ));
                 }
                 report.written += chunk.len();

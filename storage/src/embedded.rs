@@ -112,15 +112,24 @@ fn key(room: &str, id: u64) -> Vec<u8> {
     k
 }
 
-/// Value layout: ts (u64 BE), from length (u16 BE), from, body.
+/// Value layout: ts (u64 BE), from length (u16 BE, top bit set when a
+/// `reply_to` follows the sender), from, [reply_to (u64 BE)], body.
+/// Records written before 1.1 have the bit clear and read as before.
 fn encode_value(m: &StoredMessage) -> Vec<u8> {
-    let mut v = Vec::with_capacity(10 + m.from.len() + m.body.len());
+    let mut v = Vec::with_capacity(18 + m.from.len() + m.body.len());
     v.extend_from_slice(&m.ts.to_be_bytes());
-    v.extend_from_slice(&(m.from.len() as u16).to_be_bytes());
+    let flag = if m.reply_to.is_some() { REPLY_FLAG } else { 0 };
+    v.extend_from_slice(&(m.from.len() as u16 | flag).to_be_bytes());
     v.extend_from_slice(m.from.as_bytes());
+    if let Some(r) = m.reply_to {
+        v.extend_from_slice(&r.to_be_bytes());
+    }
     v.extend_from_slice(m.body.as_bytes());
     v
 }
+
+/// Marks a `reply_to` in the sender length (user ids are far shorter).
+const REPLY_FLAG: u16 = 0x8000;
 
 fn decode(room: &str, k: &[u8], v: &[u8]) -> Result<StoredMessage, StorageError> {
     let bad = || emb("decode", format!("corrupt record in room {room:?}"));
@@ -131,15 +140,25 @@ fn decode(room: &str, k: &[u8], v: &[u8]) -> Result<StoredMessage, StorageError>
             .map_err(|_| bad())?,
     );
     let ts = u64::from_be_bytes(v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-    let from_len = u16::from_be_bytes(v.get(8..10).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+    let len_field = u16::from_be_bytes(v.get(8..10).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let from_len = (len_field & !REPLY_FLAG) as usize;
     let from = std::str::from_utf8(v.get(10..10 + from_len).ok_or_else(bad)?).map_err(|_| bad())?;
-    let body = std::str::from_utf8(&v[10 + from_len..]).map_err(|_| bad())?;
+    let mut rest = 10 + from_len;
+    let reply_to = if len_field & REPLY_FLAG != 0 {
+        let r = u64::from_be_bytes(v.get(rest..rest + 8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        rest += 8;
+        Some(r)
+    } else {
+        None
+    };
+    let body = std::str::from_utf8(v.get(rest..).ok_or_else(bad)?).map_err(|_| bad())?;
     Ok(StoredMessage {
         room: room.to_owned(),
         id,
         from: from.to_owned(),
         ts,
         body: body.to_owned(),
+        reply_to,
     })
 }
 

@@ -36,6 +36,8 @@ pub struct StoredMessage {
     pub ts: u64,
     /// The message body as JSON text, opaque to the store.
     pub body: String,
+    /// (1.1) The message this one replies to.
+    pub reply_to: Option<u64>,
 }
 
 /// Which slice of a room's history to read. Results are always ascending.

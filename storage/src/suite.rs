@@ -14,6 +14,7 @@ pub fn message(room: &str, id: u64) -> StoredMessage {
         from: format!("u{}", id % 7),
         ts: id / 1000,
         body: format!("{{\"n\":{id}}}"),
+        reply_to: None,
     }
 }
 
@@ -37,6 +38,17 @@ pub async fn run_all(store: &dyn HistoryStore) {
     idempotent_rewrites(store, &room("idem")).await;
     across_buckets(store, &room("buckets")).await;
     long_room(store, &room("long")).await;
+    replies(store, &room("replies")).await;
+}
+
+/// (1.1) A message's `reply_to` is kept; messages without one read back
+/// without one (including records written before 1.1).
+pub async fn replies(store: &dyn HistoryStore, room: &str) {
+    let mut batch = messages(room, 1..=3);
+    batch[1].reply_to = Some(1);
+    batch[2].reply_to = Some(u64::MAX >> 1);
+    store.append(batch.clone()).await.unwrap();
+    assert_eq!(store.page(room, Page::Newest, 10).await.unwrap(), batch);
 }
 
 pub async fn empty_room(store: &dyn HistoryStore, room: &str) {

@@ -20,6 +20,7 @@ fn message(room: &str, id: u64) -> StoredMessage {
         from: format!("u{}", id % 5),
         ts: id >> 22,
         body: format!("{{\"room\":\"{room}\",\"n\":\"{id}\"}}"),
+        reply_to: None,
     }
 }
 

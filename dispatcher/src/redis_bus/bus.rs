@@ -228,8 +228,8 @@ impl Bus for RedisBus {
                 None => groups.push((key, vec![i])),
             }
         }
+        let msgs = &msgs;
         let runs = groups.iter().map(|(key, idx)| {
-            let fields: Vec<_> = idx.iter().map(|&i| message_fields(&msgs[i])).collect();
             let nonce_keys: Vec<Option<String>> = idx
                 .iter()
                 .map(|&i| {
@@ -239,6 +239,13 @@ impl Bus for RedisBus {
                 })
                 .collect();
             async move {
+                let replies: Vec<Option<String>> =
+                    idx.iter().map(|&i| msgs[i].reply_to.map(|r| r.to_string())).collect();
+                let fields: Vec<_> = idx
+                    .iter()
+                    .zip(&replies)
+                    .map(|(&i, r)| message_fields(&msgs[i], r.as_deref()))
+                    .collect();
                 let entries: Vec<Append<'_>> = fields
                     .iter()
                     .zip(nonce_keys)

@@ -3,7 +3,7 @@
 //! the window scans and the persister all read entries through [`Entry`].
 //!
 //! An entry's fields: `r` room, `f` sender (or the user of an event), `k`
-//! kind, `b` body (messages), `o` origin `node/connection` (events a client
+//! kind, `b` body (messages), `p` the message replied to (1.1), `o` origin `node/connection` (events a client
 //! caused, so its own connection can skip them). Kinds: `m` stored message,
 //! `e` ephemeral message, `j` joined, `l` left, `t` typing.
 
@@ -179,15 +179,20 @@ pub fn entry_id(id: u64) -> String {
     format!("{}-{}", protocol::id::millis(id), protocol::id::seq(id))
 }
 
-/// A message's entry fields.
-pub fn message_fields(msg: &NewMessage) -> [(&'static str, &str); 4] {
+/// A message's entry fields; `reply_to` is the message's `reply_to` as
+/// text (the caller owns it).
+pub fn message_fields<'a>(msg: &'a NewMessage, reply_to: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
     let kind = if msg.ephemeral { "e" } else { "m" };
-    [
+    let mut fields = vec![
         ("r", &*msg.room),
         ("f", &*msg.from),
         ("k", kind),
         ("b", msg.body.as_str()),
-    ]
+    ];
+    if let Some(r) = reply_to {
+        fields.push(("p", r));
+    }
+    fields
 }
 
 /// A room event's entry fields; `origin` is `node/connection`.
@@ -244,6 +249,7 @@ impl Entry {
                     from,
                     ts: protocol::id::millis(id),
                     body: field(&entry.map, "b")?,
+                    reply_to: field(&entry.map, "p").and_then(|p| p.parse().ok()),
                 },
                 ephemeral: kind == "e",
             },
@@ -391,8 +397,9 @@ mod tests {
             body: r#"{"t":1}"#.into(),
             ephemeral: false,
             nonce: None,
+            reply_to: None,
         };
-        let e = Entry::decode(&entry("5-1", &message_fields(&msg))).unwrap();
+        let e = Entry::decode(&entry("5-1", &message_fields(&msg, None))).unwrap();
         let stored = e.clone().into_stored().unwrap();
         assert_eq!(
             (stored.room.as_str(), stored.from.as_str(), stored.body.as_str()),
@@ -400,11 +407,11 @@ mod tests {
         );
         assert_eq!(stored.id, protocol::id::pack(5, 1));
         assert_eq!(stored.ts, 5);
-        assert!(is_stored_in(&entry("5-1", &message_fields(&msg)), "lobby"));
-        assert!(!is_stored_in(&entry("5-1", &message_fields(&msg)), "other"));
+        assert!(is_stored_in(&entry("5-1", &message_fields(&msg, None)), "lobby"));
+        assert!(!is_stored_in(&entry("5-1", &message_fields(&msg, None)), "other"));
 
         let eph = NewMessage { ephemeral: true, ..msg };
-        let e = Entry::decode(&entry("5-2", &message_fields(&eph))).unwrap();
+        let e = Entry::decode(&entry("5-2", &message_fields(&eph, None))).unwrap();
         assert!(e.clone().into_stored().is_none(), "ephemeral messages are not stored");
         assert!(matches!(
             e.into_delivery("gw-0"),

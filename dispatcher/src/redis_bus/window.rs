@@ -267,6 +267,7 @@ mod tests {
             from: "u".into(),
             ts: 0,
             body: "1".into(),
+            reply_to: None,
         };
         let ids = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
         assert_eq!(

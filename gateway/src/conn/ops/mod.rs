@@ -69,7 +69,11 @@ impl Session {
                 body,
                 ephemeral,
                 nonce,
-            } => self.on_send(id, &identity, room, body, ephemeral, nonce).await,
+                reply_to,
+            } => {
+                self.on_send(id, &identity, room, body, ephemeral, nonce, reply_to)
+                    .await
+            }
             Request::History { room, page, limit } => self.on_history(id, &identity, room, page, limit).await,
             Request::Presence { room } => self.on_presence(id, &identity, room).await,
             Request::Typing { room } => self.on_typing(id, &identity, room).await,

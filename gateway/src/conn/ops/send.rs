@@ -29,6 +29,7 @@ impl Session {
         body: String,
         ephemeral: bool,
         nonce: Option<String>,
+        reply_to: Option<u64>,
     ) {
         let joined = self.joined(&room).map(|j| j.room.clone());
         let refusal = match joined {
@@ -49,6 +50,7 @@ impl Session {
                     body,
                     ephemeral,
                     nonce: nonce.map(Into::into),
+                    reply_to,
                 };
                 self.pending_sends.push(PendingSend { id, msg });
                 None

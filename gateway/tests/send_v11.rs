@@ -2,7 +2,8 @@
 //! within the dedupe window gets the first message's id with
 //! `"duplicate":true`, and nothing is stored or delivered again: on one
 //! node, over a reconnect, within one pipelined burst, and across the
-//! nodes of a cluster on one Redis and on a Redis Cluster.
+//! nodes of a cluster on one Redis and on a Redis Cluster. And `reply_to`
+//! (1.1), delivered and kept with the message.
 
 mod common;
 
@@ -135,4 +136,26 @@ async fn a_retry_on_another_node_is_a_duplicate_on_one_redis() {
 async fn a_retry_on_another_node_is_a_duplicate_on_a_redis_cluster() {
     let redis = RedisCluster::start(3);
     across_nodes(vec!["--redis-cluster-nodes".into(), redis.urls().join(",")]).await;
+}
+
+#[tokio::test]
+async fn reply_to_is_delivered_and_kept() {
+    let node = TestNode::start(&[]).await;
+    let mut a = node.guest().await;
+    a.join("r").await;
+    let first = a.send_msg("r", json!("question")).await;
+    let r = a
+        .request(json!({"op":"send","room":"r","body":"answer","reply_to":first.to_string()}))
+        .await;
+    assert_eq!(r["op"], "ok", "{r}");
+    let _ = a.next_msg("r").await;
+    let live = a.next_msg("r").await;
+    assert_eq!(live["reply_to"], first.to_string(), "{live}");
+    let h = a.request(json!({"op":"history","room":"r"})).await;
+    let msgs = h["messages"].as_array().unwrap();
+    assert!(msgs[0].get("reply_to").is_none(), "{h}");
+    assert_eq!(msgs[1]["reply_to"], first.to_string(), "{h}");
+    let bad = a.request(json!({"op":"send","room":"r","body":1,"reply_to":"x"})).await;
+    assert_eq!(bad["code"], "bad_request", "{bad}");
+    node.stop().await;
 }
