@@ -19,18 +19,25 @@ use crate::metrics;
 /// Sends published in one batch at most.
 const MAX_SEND_BATCH: usize = 64;
 
+/// A `send` request's fields.
+pub(super) struct SendRequest {
+    pub(super) room: String,
+    pub(super) body: String,
+    pub(super) ephemeral: bool,
+    pub(super) nonce: Option<String>,
+    pub(super) reply_to: Option<u64>,
+}
+
 impl Session {
     /// Checks a send and queues it for the burst's batch.
-    pub(super) async fn on_send(
-        &mut self,
-        id: Option<i64>,
-        identity: &Identity,
-        room: String,
-        body: String,
-        ephemeral: bool,
-        nonce: Option<String>,
-        reply_to: Option<u64>,
-    ) {
+    pub(super) async fn on_send(&mut self, id: Option<i64>, identity: &Identity, req: SendRequest) {
+        let SendRequest {
+            room,
+            body,
+            ephemeral,
+            nonce,
+            reply_to,
+        } = req;
         let joined = self.joined(&room).map(|j| j.room.clone());
         let refusal = match joined {
             None => Some((ErrorCode::Forbidden, format!("join {room} before sending to it"))),
