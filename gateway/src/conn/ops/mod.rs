@@ -23,6 +23,7 @@ use dispatcher::BusError;
 use protocol::encode::Obj;
 use protocol::{ErrorCode, Request};
 
+use self::send::SendRequest;
 use super::session::Session;
 
 impl Session {
@@ -71,8 +72,14 @@ impl Session {
                 nonce,
                 reply_to,
             } => {
-                self.on_send(id, &identity, room, body, ephemeral, nonce, reply_to)
-                    .await
+                let req = SendRequest {
+                    room,
+                    body,
+                    ephemeral,
+                    nonce,
+                    reply_to,
+                };
+                self.on_send(id, &identity, req).await
             }
             Request::History { room, page, limit } => self.on_history(id, &identity, room, page, limit).await,
             Request::Presence { room } => self.on_presence(id, &identity, room).await,
