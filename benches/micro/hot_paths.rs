@@ -39,6 +39,7 @@ fn encode(c: &mut Criterion) {
         from: "user-12345",
         ts: 1_700_000_000_123,
         body,
+        reply_to: None,
     };
     c.bench_function("encode/msg_event_frame", |b| {
         b.iter(|| black_box(gateway::ws::text_frame(&msg_event(black_box(view)))))
@@ -53,6 +54,7 @@ fn fanout(c: &mut Criterion) {
         from: "u",
         ts: 1,
         body: r#""hi""#,
+        reply_to: None,
     }));
     for n in [10usize, 1_000, 10_000] {
         let members: Vec<Arc<ConnHandle>> = (0..n as u64)
