@@ -52,6 +52,8 @@ impl InProcessBus {
             nonce_key: (rand::random(), rand::random()),
         };
         let handle = tokio::spawn(seq.run(rx));
+        // Nothing outside the process to lose: ready while it runs.
+        crate::metrics::get().ready.set(1.0);
         InProcessBus {
             store,
             sink,
@@ -82,7 +84,10 @@ impl Sequencer {
             let started = Instant::now();
             m.batch_messages.record(batch.len() as f64);
             self.process(std::mem::take(&mut batch)).await;
-            m.sequence_seconds.record(started.elapsed().as_secs_f64());
+            let took = started.elapsed().as_secs_f64();
+            m.sequence_seconds.record(took);
+            // A publish's round trip here is its sequencer batch.
+            m.publish_seconds.record(took);
         }
     }
 
@@ -245,17 +250,20 @@ impl Bus for InProcessBus {
     }
 
     async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
-        let mut messages = self
-            .store
-            .page(room, Page::After(since), limit.saturating_add(1))
-            .await?;
+        let started = Instant::now();
+        let read = self.store.page(room, Page::After(since), limit.saturating_add(1)).await;
+        crate::metrics::get().replay.record(started, &read);
+        let mut messages = read?;
         let complete = messages.len() <= limit;
         messages.truncate(limit);
         Ok(Replay { messages, complete })
     }
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
-        Ok(self.store.page(room, page, limit).await?)
+        let started = Instant::now();
+        let read = self.store.page(room, page, limit).await;
+        crate::metrics::get().history.record(started, &read);
+        Ok(read?)
     }
 
     fn is_ready(&self) -> bool {

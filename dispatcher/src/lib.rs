@@ -18,6 +18,8 @@
 //! - [`backoff`]: the one reconnect backoff (exponential, full jitter).
 //! - [`dedupe`]: send nonces (1.1): which repeated sends are answered with
 //!   the first one's id instead of being stored again.
+//! - `metrics`: the `gateway_bus_*` and `gateway_persister_*` metrics
+//!   ([`describe_metrics`] registers their help text).
 //!
 //! The dispatcher knows nothing of WebSockets: it moves [`Delivery`]s.
 
@@ -34,6 +36,7 @@ pub mod settings;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+pub use metrics::describe as describe_metrics;
 pub use storage::{Page, StoredMessage};
 
 /// A message a client (or the server API) publishes.

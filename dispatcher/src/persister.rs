@@ -105,7 +105,9 @@ async fn persist_stream(cfg: PersisterConfig, stream: u32, store: Arc<dyn Histor
                 .query_async::<i64>(c)
                 .await
                 .map_err(|e| err("XACK", e))?;
-            crate::metrics::get().persisted.increment(entries.len() as u64);
+            let m = crate::metrics::get();
+            m.persisted.increment(entries.len() as u64);
+            m.persist_batch.record(entries.len() as f64);
             Ok(())
         };
         let result = tokio::select! {

@@ -83,6 +83,22 @@ struct Claims {
     mods: Option<Vec<String>>,
 }
 
+impl AuthError {
+    /// Why, as the `reason` label of `gateway_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::TokenRequired => "token_required",
+            AuthError::NoKey => "no_key",
+            AuthError::Invalid { source, .. } => match source.kind() {
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::ImmatureSignature => "not_yet_valid",
+                _ => "invalid",
+            },
+            AuthError::BadUser => "bad_user",
+        }
+    }
+}
+
 pub struct Authenticator {
     jwt: Option<JwtSettings>,
     anonymous: bool,

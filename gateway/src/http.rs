@@ -107,7 +107,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, listen
         }
         (&Method::GET, "/metrics") if metrics_here => Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(Full::new(Bytes::from(node.prometheus.render())))
+            .body(Full::new(Bytes::from(metrics::render(&node))))
             .expect("static response parts"),
         _ if internal => text(StatusCode::NOT_FOUND, "not found\n"),
         _ if path.starts_with("/api/rooms/") => api(node, req).await,

@@ -449,6 +449,9 @@ async fn shard_loop(_index: usize, mut rx: mpsc::UnboundedReceiver<ShardCmd>) {
     while let Some(cmd) = rx.recv().await {
         match cmd {
             ShardCmd::Deliver(batch) => {
+                // The clock deliveries are measured against: read once
+                // per batch, never per message (see metrics::delivery).
+                crate::metrics::delivery::tick();
                 let mut delivered = 0u64;
                 for out in &batch {
                     if let Some(members) = rooms.get(&out.room) {

@@ -13,7 +13,7 @@ use dispatcher::Bus;
 use dispatcher::inprocess::InProcessBus;
 use dispatcher::persister::PersisterConfig;
 use dispatcher::redis_bus::{RedisBus, UserCounts};
-use storage::{CqlStore, EmbeddedStore, HistoryStore, StorageError};
+use storage::{CqlStore, EmbeddedStore, HistoryStore, Instrumented, StorageError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -132,13 +132,16 @@ impl Backend {
         let c = &settings.config;
         let cluster = &settings.cluster;
         let cql: Option<Arc<dyn HistoryStore>> = match &cluster.scylla {
-            Some(cfg) => Some(Arc::new(CqlStore::connect(cfg).await?)),
+            Some(cfg) => Some(Arc::new(Instrumented::new(CqlStore::connect(cfg).await?, "cql"))),
             None => None,
         };
         let Some(bus_config) = cluster.bus_config(c.node_id.clone()) else {
             let (store, kind): (Arc<dyn HistoryStore>, _) = match cql {
                 Some(store) => (store, "cql"),
-                None => (Arc::new(EmbeddedStore::open(&c.data_dir)?), "embedded"),
+                None => (
+                    Arc::new(Instrumented::new(EmbeddedStore::open(&c.data_dir)?, "embedded")),
+                    "embedded",
+                ),
             };
             return Ok(Backend {
                 bus: Arc::new(InProcessBus::with_dedupe_window(

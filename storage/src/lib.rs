@@ -5,6 +5,9 @@
 //!   directory, for a single node with no external services.
 //! - [`cql`]: ScyllaDB (or Cassandra) for a cluster, partitioned by room
 //!   and time bucket.
+//! - [`instrumented`]: any store with its calls timed and failures
+//!   counted (`gateway_storage_*` metrics; [`describe_metrics`] gives their
+//!   help text).
 //! - `suite` (tests only): the conformance tests every store runs, so the
 //!   embedded and the CQL store behave the same.
 //!
@@ -16,6 +19,7 @@
 
 pub mod cql;
 pub mod embedded;
+pub mod instrumented;
 mod metrics;
 #[cfg(test)]
 mod suite;
@@ -24,6 +28,8 @@ use async_trait::async_trait;
 
 pub use cql::{CqlConfig, CqlStore, Replication};
 pub use embedded::EmbeddedStore;
+pub use instrumented::Instrumented;
+pub use metrics::describe as describe_metrics;
 
 /// One chat message as history keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]

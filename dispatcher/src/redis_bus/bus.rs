@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use storage::HistoryStore;
@@ -133,6 +133,9 @@ impl RedisBus {
             closed.clone(),
             &tasks,
         );
+        let m = crate::metrics::get();
+        m.ready.set(1.0);
+        m.stream_window.set(cfg.maxlen as f64 * f64::from(cfg.streams.count()));
         Ok(RedisBus {
             users,
             readers: Readers::new(ReaderContext {
@@ -296,11 +299,17 @@ impl Bus for RedisBus {
     }
 
     async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
-        self.window.replay(room, since, limit).await
+        let started = Instant::now();
+        let r = self.window.replay(room, since, limit).await;
+        crate::metrics::get().replay.record(started, &r);
+        r
     }
 
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
-        self.window.history(room, page, limit).await
+        let started = Instant::now();
+        let r = self.window.history(room, page, limit).await;
+        crate::metrics::get().history.record(started, &r);
+        r
     }
 
     async fn watch(&self, room: &str) -> Result<(), BusError> {

@@ -3,7 +3,7 @@
 //! stream for a sender's batch. The id Redis gives an entry is the message
 //! id (strictly increasing per stream, so every node sees one order).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::conn::redis_error;
 use super::conn::{Conn, Target};
@@ -91,7 +91,12 @@ impl Publisher {
     pub(crate) async fn add(&self, key: &str, fields: &[(&str, &str)]) -> Result<u64, BusError> {
         let cmd = self.xadd(key, fields);
         let mut conn = self.conn().await?;
-        match cmd.query_async::<String>(&mut conn).await {
+        let started = Instant::now();
+        let reply = cmd.query_async::<String>(&mut conn).await;
+        crate::metrics::get()
+            .publish_seconds
+            .record(started.elapsed().as_secs_f64());
+        match reply {
             Ok(id) => parse_id(&id),
             Err(e) => {
                 self.failed(&e).await;
@@ -126,7 +131,12 @@ impl Publisher {
             });
         }
         let mut conn = self.conn().await?;
-        match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
+        let started = Instant::now();
+        let reply = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+        crate::metrics::get()
+            .publish_seconds
+            .record(started.elapsed().as_secs_f64());
+        match reply {
             Ok(replies) => replies.iter().map(appended).collect(),
             Err(e) => {
                 self.failed(&e).await;

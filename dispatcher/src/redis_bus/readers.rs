@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::conn::redis_error;
 use super::conn::{Conn, Target};
-use super::streams::{Entry, StreamLayout};
+use super::streams::{Entry, StreamLayout, parse_entry_id};
 use super::window::StreamInfo;
 use crate::backoff::Backoff;
 use crate::{BusError, Delivery, Sink};
@@ -136,6 +136,7 @@ fn start(ctx: &Arc<ReaderContext>, stream: u32) -> ReaderHandle {
 async fn read_stream(ctx: Arc<ReaderContext>, stream: u32, cancel: CancellationToken, positioned: watch::Sender<bool>) {
     let m = crate::metrics::get();
     m.readers_active.increment(1.0);
+    let lag = crate::metrics::reader_lag(stream);
     let key = ctx.layout.key(stream);
     let mut last: Option<String> = None;
     let mut conn: Option<Conn> = None;
@@ -176,6 +177,12 @@ async fn read_stream(ctx: Arc<ReaderContext>, stream: u32, cancel: CancellationT
                 last = Some(e.id.clone());
             }
             m.entries_read.increment(entries.len() as u64);
+            // How far behind the stream this reader is: the age of the
+            // oldest entry it just read (one clock read per XREAD, not per
+            // entry); an empty read means it is caught up.
+            let oldest = entries.first().and_then(|e| parse_entry_id(&e.id));
+            let behind_ms = oldest.map_or(0, |id| protocol::id::now_ms().saturating_sub(protocol::id::millis(id)));
+            lag.set(behind_ms as f64 / 1000.0);
             let batch: Vec<Delivery> = entries
                 .iter()
                 .filter_map(|e| Some(Entry::decode(e)?.into_delivery(&ctx.node_id)))
@@ -202,4 +209,5 @@ async fn read_stream(ctx: Arc<ReaderContext>, stream: u32, cancel: CancellationT
         }
     }
     m.readers_active.decrement(1.0);
+    lag.set(0.0);
 }

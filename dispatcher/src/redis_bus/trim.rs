@@ -1,4 +1,7 @@
 //! Trimming the shard streams to the window, and the persister's lag.
+//! Each run also reports what it saw (cluster-wide, so every node reports
+//! the same): the streams' length, and with a store the persister group's
+//! unread and pending entries and the age of the oldest entry not stored.
 //!
 //! Without a store, `XADD` trims by count as it appends (see
 //! [`super::publish`]); this trims by age and by bytes. With a store, this
@@ -41,19 +44,24 @@ impl Trimmer {
                 0,
             )
         };
-        let mut lag = 0;
+        let (mut lag, mut pending, mut oldest_unstored, mut length) = (0, 0, None::<u64>, 0);
         for index in 0..self.layout.count() {
             let key = self.layout.key(index);
             let Some(info) = StreamInfo::read(conn, &key).await? else {
                 continue;
             };
+            length += info.length;
             let mut cut = age_cut.max(self.bytes_cut(conn, &key, &info).await?);
             if self.with_store {
                 cut = cut.max(keep_newest(&info, self.maxlen as u64, info.length));
                 match persisted_below(conn, &key).await? {
-                    Some((safe, behind)) => {
-                        cut = cut.min(safe);
-                        lag += behind;
+                    Some(group) => {
+                        cut = cut.min(group.safe);
+                        lag += group.behind;
+                        pending += group.pending;
+                        if let Some(id) = group.oldest_unstored {
+                            oldest_unstored = Some(oldest_unstored.map_or(id, |o| o.min(id)));
+                        }
                     }
                     // No persister has read this stream yet: keep it all.
                     None => continue,
@@ -70,10 +78,16 @@ impl Trimmer {
                     .map_err(|e| redis_error("XTRIM", e))?;
             }
         }
+        let m = crate::metrics::get();
         if self.with_store {
-            crate::metrics::get().persister_lag.set(lag as f64);
+            m.persister_lag.set(lag as f64);
+            m.persister_pending.set(pending as f64);
+            let age_ms =
+                oldest_unstored.map_or(0, |id| protocol::id::now_ms().saturating_sub(protocol::id::millis(id)));
+            m.persister_lag_seconds.set(age_ms as f64 / 1000.0);
         }
-        crate::metrics::get().trim_runs.increment(1);
+        m.stream_entries.set(length as f64);
+        m.trim_runs.increment(1);
         Ok(())
     }
 
@@ -107,10 +121,21 @@ fn keep_newest(info: &StreamInfo, keep: u64, total: u64) -> u64 {
     protocol::id::pack(ms, 0)
 }
 
-/// The lowest id the persister still needs (everything below is stored),
-/// and how many entries it has not read yet; `None` before any persister
-/// has read the stream.
-async fn persisted_below(conn: &mut impl ConnectionLike, key: &str) -> Result<Option<(u64, u64)>, BusError> {
+/// What the persister group has done with one stream.
+struct GroupState {
+    /// The lowest id the persister still needs (everything below is stored).
+    safe: u64,
+    /// Entries it has not read yet.
+    behind: u64,
+    /// Entries it read and has not acknowledged yet.
+    pending: u64,
+    /// The oldest entry not stored yet, if any.
+    oldest_unstored: Option<u64>,
+}
+
+/// The persister group's state on stream `key`; `None` before any
+/// persister has read it.
+async fn persisted_below(conn: &mut impl ConnectionLike, key: &str) -> Result<Option<GroupState>, BusError> {
     let groups: Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(key)
@@ -130,7 +155,17 @@ async fn persisted_below(conn: &mut impl ConnectionLike, key: &str) -> Result<Op
         let pending: u64 = text("pending").and_then(|p| p.parse().ok()).unwrap_or(0);
         let behind: u64 = text("lag").and_then(|p| p.parse().ok()).unwrap_or(0);
         if pending == 0 {
-            return Ok(Some((delivered + 1, behind)));
+            // The oldest entry not stored is the first one not read yet.
+            let oldest_unstored = match behind {
+                0 => None,
+                _ => first_after(conn, key, delivered).await?,
+            };
+            return Ok(Some(GroupState {
+                safe: delivered + 1,
+                behind,
+                pending,
+                oldest_unstored,
+            }));
         }
         let summary: Value = redis::cmd("XPENDING")
             .arg(key)
@@ -145,9 +180,36 @@ async fn persisted_below(conn: &mut impl ConnectionLike, key: &str) -> Result<Op
             _ => None,
         };
         let oldest = oldest.and_then(|id| parse_entry_id(&id)).unwrap_or(0);
-        return Ok(Some((oldest.min(delivered + 1), behind)));
+        return Ok(Some(GroupState {
+            safe: oldest.min(delivered + 1),
+            behind,
+            pending,
+            oldest_unstored: Some(oldest),
+        }));
     }
     Ok(None)
+}
+
+/// The id of the first entry of `key` after `id`, if there is one.
+async fn first_after(conn: &mut impl ConnectionLike, key: &str, id: u64) -> Result<Option<u64>, BusError> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(format!("({}", entry_id(id)))
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .map_err(|e| redis_error("XRANGE", e))?;
+    let Value::Array(entries) = reply else { return Ok(None) };
+    let Some(Value::Array(entry)) = entries.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(entry
+        .into_iter()
+        .next()
+        .and_then(|v| redis::from_redis_value::<String>(v).ok())
+        .and_then(|id| parse_entry_id(&id)))
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ pub fn memory_limit() -> Option<u64> {
 
 /// The page size from the auxiliary vector the kernel gave the process
 /// (`AT_PAGESZ`): pairs of native words, read without `unsafe`.
-fn page_size() -> Option<u64> {
+pub(crate) fn page_size() -> Option<u64> {
     const AT_PAGESZ: u64 = 6;
     const WORD: usize = std::mem::size_of::<usize>();
     let auxv = std::fs::read("/proc/self/auxv").ok()?;

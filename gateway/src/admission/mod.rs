@@ -31,6 +31,7 @@ use http::{HeaderMap, header};
 use parking_lot::Mutex;
 
 pub use self::client_ip::{Cidr, ClientIp};
+pub(crate) use self::memory::page_size;
 pub use self::origin::Origins;
 use self::users::UserLimits;
 pub use self::users::UserSlot;

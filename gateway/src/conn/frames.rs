@@ -86,12 +86,14 @@ impl Session {
             Ok(parsed) => parsed,
             Err(e) => {
                 self.flush_sends().await;
+                self.op = metrics::INVALID_OP;
                 self.error(e.id, e.code, &e.message);
                 self.bad_frame();
                 return;
             }
         };
-        metrics::request(req.op());
-        self.dispatch(id, req).await;
+        let op = metrics::op_index(req.op());
+        metrics::request(op);
+        self.dispatch(op, id, req).await;
     }
 }

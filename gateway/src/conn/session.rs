@@ -109,6 +109,9 @@ pub(super) struct Session {
     pub(super) end: Option<End>,
     /// This connection's place in its user's count, once authenticated.
     user_slot: Option<UserSlot>,
+    /// The op being handled (`metrics::op_index`): the `op` label of the
+    /// error replies it causes.
+    pub(super) op: u8,
 }
 
 impl Session {
@@ -135,6 +138,8 @@ impl Session {
             rooms: Vec::new(),
             end: None,
             user_slot: None,
+            // A header token is checked before any request: its errors are auth's.
+            op: metrics::op_index("auth"),
             node,
             handle,
         }
@@ -150,6 +155,7 @@ impl Session {
                 }
             }
             Err(e) => {
+                metrics::auth_failed(e.reason());
                 self.error(None, ErrorCode::Unauthorized, &e.to_string());
                 self.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
             }
@@ -244,8 +250,11 @@ impl Session {
         let interval = self.settings().ping_interval;
         if self.auth_deadline().is_some_and(|d| now >= d) {
             if self.identity.is_none() {
+                metrics::auth_failed("timeout");
                 return Some(End::Close(close::UNAUTHORIZED, "authentication timeout"));
             }
+            // The token's lifetime is over without a refresh.
+            metrics::auth_failed("expired");
             self.error(None, ErrorCode::Unauthorized, "token expired");
             return Some(End::Close(close::UNAUTHORIZED, "token expired"));
         }
@@ -281,7 +290,7 @@ impl Session {
     }
 
     pub(super) fn error(&self, id: Option<i64>, code: ErrorCode, message: &str) {
-        metrics::error_reply(code);
+        metrics::error_reply(self.op, code);
         self.reply(error_reply(id, code, message));
     }
 
@@ -313,6 +322,12 @@ impl Session {
         let user_ok = || !send || self.user_slot.as_ref().is_none_or(|s| s.send_ok());
         if bucket.take(now) && user_ok() {
             return true;
+        }
+        let m = metrics::get();
+        if send {
+            m.rate_limited_send.increment(1);
+        } else {
+            m.rate_limited_request.increment(1);
         }
         // A run of refusals lasts while they come less than a quiet second
         // apart: a flood stays over the rate however the tokens trickle in

@@ -69,7 +69,12 @@ fn high_water(s: &Session) -> usize {
 /// The end of a slow consumer: its queue overflowed (deliveries or bytes),
 /// or the socket took nothing for the write timeout.
 fn slow_consumer(why: &'static str) -> End {
-    metrics::get().slow_consumers.increment(1);
+    let reason = if why == OVERFLOWED {
+        "queue_overflow"
+    } else {
+        "write_timeout"
+    };
+    metrics::get().slow_consumers.increment(reason);
     End::Close(close::SLOW_CONSUMER, why)
 }
 
@@ -274,6 +279,12 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
 /// (or a burst's worth came in). Not async: the read buffer lives on this
 /// call's stack, never in the connection's future.
 fn read_available(tcp: &TcpStream, inbound: &mut Option<Box<Inbound>>, max_frame: usize) {
+    let total = read_burst(tcp, inbound, max_frame);
+    metrics::get().bytes_received.increment(total as u64);
+}
+
+/// [`read_available`]'s reads; the bytes read.
+fn read_burst(tcp: &TcpStream, inbound: &mut Option<Box<Inbound>>, max_frame: usize) -> usize {
     let mut buf = [0u8; READ_BUF];
     let mut total = 0;
     loop {
@@ -282,19 +293,19 @@ fn read_available(tcp: &TcpStream, inbound: &mut Option<Box<Inbound>>, max_frame
         match read {
             Ok(0) => {
                 i.ended.get_or_insert(End::Drop("connection lost"));
-                return;
+                return total;
             }
             Ok(n) => {
                 i.feed(&buf[..n], max_frame);
                 total += n;
                 if i.ended.is_some() || total >= MAX_READ_PER_WAKE || i.frames.len() >= MAX_BURST_FRAMES {
-                    return;
+                    return total;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
             Err(_) => {
                 i.ended.get_or_insert(End::Drop("socket error"));
-                return;
+                return total;
             }
         }
     }
@@ -384,12 +395,20 @@ fn flush(tcp: &TcpStream, s: &Session) -> io::Result<()> {
         let progressed = written > 0;
         m.bytes_sent.increment(written as u64);
         let mut done = 0;
+        // The coarse clock, read once per write and only for deliveries.
+        let mut now_ms = None;
         for item in &batch {
             let left = item.bytes().len() - offset;
             if written >= left {
                 written -= left;
                 offset = 0;
                 done += 1;
+                if let Out::Shared(o) = item
+                    && o.msg_id != 0
+                {
+                    let now = *now_ms.get_or_insert_with(metrics::delivery::clock_ms);
+                    metrics::delivery::LATENCY.observe(o.msg_id, now);
+                }
             } else {
                 offset += written;
                 break;

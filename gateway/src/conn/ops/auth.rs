@@ -33,6 +33,7 @@ impl Session {
                 self.set_identity(identity);
             }
             Err(e) => {
+                crate::metrics::auth_failed(e.reason());
                 self.error(id, ErrorCode::Unauthorized, &e.to_string());
                 self.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
             }

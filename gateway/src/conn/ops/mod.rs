@@ -37,13 +37,14 @@ impl Session {
 }
 
 impl Session {
-    /// Routes one parsed request to its handler: the authentication gate,
-    /// the request rate, then the op.
-    pub(super) async fn dispatch(&mut self, id: Option<i64>, req: Request) {
+    /// Routes one parsed request (its op's `metrics::op_index` is `op`) to
+    /// its handler: the authentication gate, the request rate, then the op.
+    pub(super) async fn dispatch(&mut self, op: u8, id: Option<i64>, req: Request) {
         // Replies go out in request order: earlier sends are answered first.
         if !matches!(req, Request::Send { .. }) {
             self.flush_sends().await;
         }
+        self.op = op;
         let Some(identity) = self.identity.clone() else {
             match req {
                 Request::Auth { token } => self.on_auth(id, token.as_deref()).await,

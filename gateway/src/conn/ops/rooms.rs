@@ -58,11 +58,19 @@ impl Session {
             None => (0, true, Vec::new()),
             Some(since) => {
                 let (limit, cap) = (self.settings().recovery_limit, self.handle.byte_budget() / 2);
+                let m = crate::metrics::get();
                 match replay_frames(&self.node, &room, since, limit, cap).await {
-                    Ok(Some((floor, frames))) => (floor, true, frames),
+                    Ok(Some((floor, frames))) => {
+                        m.replays_recovered.increment(1);
+                        m.replayed_messages.increment(frames.len() as u64);
+                        (floor, true, frames)
+                    }
                     // Too many, too large, or a gap the bus cannot close:
                     // one to page with `history`.
-                    Ok(None) => (since, false, Vec::new()),
+                    Ok(None) => {
+                        m.replays_unrecovered.increment(1);
+                        (since, false, Vec::new())
+                    }
                     Err(e) => {
                         self.leave(&room).await;
                         return self.unavailable(id, &e);

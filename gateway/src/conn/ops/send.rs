@@ -101,6 +101,8 @@ impl Session {
             return;
         }
         let batch = std::mem::take(&mut self.pending_sends);
+        // Its errors are the sends', whatever request is being handled.
+        let op = std::mem::replace(&mut self.op, metrics::op_index("send"));
         let started = Instant::now();
         let mut answers = Vec::with_capacity(batch.len());
         let mut msgs = Vec::with_capacity(batch.len());
@@ -127,5 +129,6 @@ impl Session {
                 Err(e) => self.unavailable(id, &e),
             }
         }
+        self.op = op;
     }
 }
