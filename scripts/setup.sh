@@ -7,6 +7,8 @@
 #   python3                   python3                    (services.sh: free ports, CQL readiness)
 #   curl                      curl                       (the benches/ scripts)
 #   cc                        gcc libc6-dev              (the linker, and libmimalloc-sys's C build)
+#   promtool, prometheus      prometheus                 (the metrics test's promtool check, and
+#                                                         scripts/ops-check.sh: rules, a real Prometheus)
 #
 # Checks with `command -v` first: when everything is there it does nothing
 # (no apt-get update) and returns at once. Runs apt-get as root, or through
@@ -36,6 +38,9 @@ check() {
     want python3 -- python3
     want curl -- curl
     want cc -- gcc libc6-dev
+    # Debian's package also enables a prometheus service (on :9090, data in
+    # /var/lib/prometheus); our checks run their own on a free port.
+    want promtool prometheus -- prometheus
 }
 check
 

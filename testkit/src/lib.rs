@@ -388,14 +388,24 @@ impl GatewayProcess {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
 
-    /// One `/metrics` sample (first series whose line starts with `name`).
-    pub fn metric(&self, name: &str) -> f64 {
+    /// The body of `GET /metrics` (the node answers with a length, never
+    /// chunked).
+    pub fn metrics_text(&self) -> String {
         let mut s = TcpStream::connect(self.addr).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
             .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
-        text.lines()
+        match text.split_once("\r\n\r\n") {
+            Some((_, body)) => body.to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// One `/metrics` sample (first series whose line starts with `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0.0)
