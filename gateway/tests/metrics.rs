@@ -76,7 +76,9 @@ fn declared(text: &str) -> BTreeMap<String, String> {
 fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
         if series_name == name && labels.iter().all(|l| series_labels.contains(l)) {
             *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
@@ -156,7 +158,10 @@ async fn every_cataloged_metric_is_exported_with_help_and_passes_promtool() {
         .await;
     assert_eq!(r["recovered"], true, "{r}");
     // A history page, a bad frame, a failed auth (no JWT key: no token is good).
-    assert_eq!(late.request(json!({"op":"history","room":"metrics"})).await["op"], "history");
+    assert_eq!(
+        late.request(json!({"op":"history","room":"metrics"})).await["op"],
+        "history"
+    );
     late.send_raw(tokio_tungstenite::tungstenite::Message::Text("not json".into()))
         .await;
     assert_eq!(late.recv_matching(|v| v["op"] == "error").await["code"], "bad_request");
@@ -226,8 +231,18 @@ async fn every_cataloged_metric_is_exported_with_help_and_passes_promtool() {
     at_least(&ta, "gateway_replay_messages_total", &[], 19.0);
     at_least(&ta, "gateway_bus_read_duration_seconds_count", &["op=\"replay\""], 1.0);
     at_least(&ta, "gateway_bus_read_duration_seconds_count", &["op=\"history\""], 1.0);
-    at_least(&ta, "gateway_ws_errors_total", &["op=\"invalid\"", "code=\"bad_request\""], 1.0);
-    at_least(&ta, "gateway_ws_errors_total", &["op=\"auth\"", "code=\"unauthorized\""], 1.0);
+    at_least(
+        &ta,
+        "gateway_ws_errors_total",
+        &["op=\"invalid\"", "code=\"bad_request\""],
+        1.0,
+    );
+    at_least(
+        &ta,
+        "gateway_ws_errors_total",
+        &["op=\"auth\"", "code=\"unauthorized\""],
+        1.0,
+    );
     at_least(&ta, "gateway_auth_failures_total", &["reason=\"no_key\""], 1.0);
     at_least(&ta, "gateway_connections_closed_total", &["code=\"4001\""], 1.0);
     at_least(&ta, "gateway_connections_opened_total", &[], 3.0);
@@ -244,11 +259,14 @@ async fn every_cataloged_metric_is_exported_with_help_and_passes_promtool() {
     at_least(&tb, "gateway_bus_shard_readers", &[], 1.0);
     assert!(sample(&tb, "gateway_bus_reader_lag_seconds", &[]).is_some());
     // The persisters' writes went through the instrumented CQL store.
-    let writes = sample(&ta, "gateway_storage_operation_duration_seconds_count", &["op=\"write\""]).unwrap_or(0.0)
-        + sample(&tb, "gateway_storage_operation_duration_seconds_count", &["op=\"write\""]).unwrap_or(0.0);
+    let writes = |t: &str| sample(t, "gateway_storage_operation_duration_seconds_count", &["op=\"write\""]);
+    let writes = writes(&ta).unwrap_or(0.0) + writes(&tb).unwrap_or(0.0);
     assert!(writes >= 1.0, "no store writes measured");
     for t in [&ta, &tb] {
         assert_eq!(sample(t, "gateway_storage_errors_total", &[]), Some(0.0));
-        assert_eq!(sample(t, "gateway_persister_lag_seconds", &[]).map(|v| v < 60.0), Some(true));
+        assert_eq!(
+            sample(t, "gateway_persister_lag_seconds", &[]).map(|v| v < 60.0),
+            Some(true)
+        );
     }
 }
