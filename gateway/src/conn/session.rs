@@ -320,14 +320,15 @@ impl Session {
         // A message is charged to its user's rate too (over all their
         // connections, when that limit is on).
         let user_ok = || !send || self.user_slot.as_ref().is_none_or(|s| s.send_ok());
-        if bucket.take(now) && user_ok() {
+        let conn_ok = bucket.take(now);
+        if conn_ok && user_ok() {
             return true;
         }
         let m = metrics::get();
-        if send {
-            m.rate_limited_send.increment(1);
-        } else {
-            m.rate_limited_request.increment(1);
+        match (conn_ok, send) {
+            (true, _) => m.rate_limited_user.increment(1),
+            (false, true) => m.rate_limited_send.increment(1),
+            (false, false) => m.rate_limited_request.increment(1),
         }
         // A run of refusals lasts while they come less than a quiet second
         // apart: a flood stays over the rate however the tokens trickle in

@@ -85,7 +85,7 @@ pub(super) fn describe() {
     describe_counter!(
         "gateway_ws_rate_limited_total",
         Unit::Count,
-        "Requests refused rate_limited, by bucket (send: send and typing; request: join, leave, history, presence)."
+        "Requests refused rate_limited, by bucket (send: send and typing; request: join, leave, history, presence; user: the user's send rate over all connections)."
     );
     describe_counter!(
         "gateway_replay_requests_total",
