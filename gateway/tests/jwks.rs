@@ -99,7 +99,11 @@ async fn tokens_are_checked_with_the_key_their_kid_names_and_keys_rotate() {
         .every(Duration::from_millis(100))
         .until_async(async || {
             let (_, text) = node.http("GET", "/metrics", &[], "").await;
-            let failed = text.contains("gateway_auth_jwks_reloads_total{result=\"failed\"}");
+            // Exported at 0 from the start: wait for a count.
+            let failed = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("gateway_auth_jwks_reloads_total{result=\"failed\"} "))
+                .any(|v| v.trim().parse::<f64>().is_ok_and(|n| n >= 1.0));
             if failed { Ok(()) } else { Err("no failed reload yet") }
         })
         .await;
