@@ -3,7 +3,9 @@
 //! - encoding a `msg` event into a WebSocket frame (once per node),
 //! - fanning one encoded message out to N local connection queues (the
 //!   shard's inner loop, `gateway::hub::fan_out`),
-//! - minting a message id.
+//! - minting a message id,
+//! - recording one delivery's publish-to-deliver latency (once per message
+//!   per connection, `gateway::metrics::delivery`).
 //!
 //! `cargo bench -p benches --bench hot_paths`; results are indicative on a
 //! shared 2-core box.
@@ -102,5 +104,14 @@ fn ids(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, encode, fanout, ids);
+fn delivery_latency(c: &mut Criterion) {
+    use gateway::metrics::delivery::{LATENCY, clock_ms, tick};
+    tick();
+    let id = protocol::id::pack(clock_ms() - 3, 0);
+    c.bench_function("metrics/delivery_observe", |b| {
+        b.iter(|| LATENCY.observe(black_box(id), black_box(clock_ms())))
+    });
+}
+
+criterion_group!(benches, decode, encode, fanout, ids, delivery_latency);
 criterion_main!(benches);

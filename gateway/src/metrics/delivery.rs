@@ -9,7 +9,9 @@
 //! message's id with it. The buckets are plain atomics, kept here rather
 //! than in the `metrics` recorder, whose histograms keep every sample until
 //! the next scrape or upkeep (8 bytes per delivery: megabytes a second
-//! under fan-out); [`render`] writes them in the text format.
+//! under fan-out); [`Latency::render`] writes them in the text format. They
+//! are striped by thread, a cache line each, so the runtime's workers do
+//! not contend for one line on every delivery; a scrape sums the stripes.
 //!
 //! Resolution: whole milliseconds (ids carry milliseconds), and the clock
 //! is as fresh as the latest delivery batch on the node, so a write is
@@ -17,7 +19,7 @@
 //! host and the node shows as an offset (clamped at 0).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub const NAME: &str = "gateway_fanout_delivery_latency_seconds";
 const HELP: &str = "Time from a message's bus entry (the millisecond in its id) to its frame written on a client's socket, per message and connection, in seconds (millisecond resolution).";
@@ -42,34 +44,71 @@ pub fn clock_ms() -> u64 {
     CLOCK_MS.load(Ordering::Relaxed)
 }
 
-/// Deliveries per bucket (not cumulative; the last is `+Inf`) and the sum.
-pub struct Latency {
+/// Threads' shares of the histogram: more than the runtime has workers.
+const STRIPES: usize = 16;
+
+/// One thread's share: deliveries per bucket (not cumulative; the last is
+/// `+Inf`) and their sum, on a cache line of its own.
+#[repr(align(128))]
+struct Stripe {
     buckets: [AtomicU64; BOUNDS_TENTHS_MS.len() + 1],
     sum_ms: AtomicU64,
 }
 
-pub static LATENCY: Latency = Latency {
-    buckets: [const { AtomicU64::new(0) }; BOUNDS_TENTHS_MS.len() + 1],
-    sum_ms: AtomicU64::new(0),
-};
+impl Stripe {
+    const fn new() -> Stripe {
+        Stripe {
+            buckets: [const { AtomicU64::new(0) }; BOUNDS_TENTHS_MS.len() + 1],
+            sum_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+pub struct Latency {
+    stripes: [Stripe; STRIPES],
+}
+
+pub static LATENCY: Latency = Latency::new();
+
+/// Which stripe this thread writes: handed out in turn as threads first
+/// observe.
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    MINE.with(|i| *i)
+}
 
 impl Latency {
+    const fn new() -> Latency {
+        Latency {
+            stripes: [const { Stripe::new() }; STRIPES],
+        }
+    }
+
     /// One message with id `msg_id` written at `now_ms` (the coarse clock).
     pub fn observe(&self, msg_id: u64, now_ms: u64) {
         let ms = now_ms.saturating_sub(protocol::id::millis(msg_id));
         let tenths = ms.saturating_mul(10);
         let i = BOUNDS_TENTHS_MS.partition_point(|&b| b < tenths);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+        let stripe = &self.stripes[stripe_index()];
+        stripe.buckets[i].fetch_add(1, Ordering::Relaxed);
+        stripe.sum_ms.fetch_add(ms, Ordering::Relaxed);
     }
 
-    /// Appends the histogram in the Prometheus text format.
+    /// Appends the histogram, every stripe summed, in the Prometheus text
+    /// format.
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {NAME} {HELP}");
         let _ = writeln!(out, "# TYPE {NAME} histogram");
         let mut cumulative = 0;
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
+        for i in 0..=BOUNDS_TENTHS_MS.len() {
+            cumulative += self
+                .stripes
+                .iter()
+                .map(|s| s.buckets[i].load(Ordering::Relaxed))
+                .sum::<u64>();
             match BOUNDS_TENTHS_MS.get(i) {
                 Some(&b) => {
                     let _ = writeln!(out, "{NAME}_bucket{{le=\"{}\"}} {cumulative}", b as f64 / 10_000.0);
@@ -79,7 +118,8 @@ impl Latency {
                 }
             }
         }
-        let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let sum_ms: u64 = self.stripes.iter().map(|s| s.sum_ms.load(Ordering::Relaxed)).sum();
+        let sum = sum_ms as f64 / 1000.0;
         let _ = writeln!(out, "{NAME}_sum {sum}");
         let _ = writeln!(out, "{NAME}_count {cumulative}");
     }
@@ -91,17 +131,17 @@ mod tests {
 
     #[test]
     fn buckets_by_millisecond_and_renders_cumulative() {
-        let h = Latency {
-            buckets: [const { AtomicU64::new(0) }; BOUNDS_TENTHS_MS.len() + 1],
-            sum_ms: AtomicU64::new(0),
-        };
+        let h = Latency::new();
         let id = |ms: u64| protocol::id::pack(ms, 3);
         h.observe(id(1_000), 1_000); // 0 ms: le 0.001
         h.observe(id(1_000), 1_001); // 1 ms: le 0.001
         h.observe(id(1_000), 1_002); // 2 ms: le 0.0025
         h.observe(id(1_000), 1_700); // 700 ms: le 1
         h.observe(id(1_000), 900); // clock behind the id: 0
-        h.observe(id(1_000), 60_000); // 59 s: +Inf
+        // Another thread writes another stripe; the scrape sums them.
+        std::thread::scope(|s| {
+            s.spawn(|| h.observe(id(1_000), 60_000)); // 59 s: +Inf
+        });
         let mut out = String::new();
         h.render(&mut out);
         assert!(out.contains(&format!("{NAME}_bucket{{le=\"0.001\"}} 3\n")), "{out}");
