@@ -92,7 +92,7 @@ impl Session {
                 return;
             }
         };
-        let op = metrics::op_index(req.op());
+        let op = metrics::op_of(&req);
         metrics::request(op);
         self.dispatch(op, id, req).await;
     }

@@ -45,7 +45,7 @@ pub(super) fn describe() {
     describe_counter!(
         "gateway_auth_failures_total",
         Unit::Count,
-        "Failed authentications (each closes 4001), by reason (invalid, expired, not_yet_valid, bad_user, token_required, no_key, timeout)."
+        "Failed authentications: tokens refused (header, auth: close 4001; refresh: the old token stays), no auth in time, a token's lifetime over; by reason (invalid, expired, not_yet_valid, bad_user, token_required, no_key, timeout)."
     );
     describe_counter!(
         "gateway_auth_jwks_reloads_total",

@@ -24,12 +24,15 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::Node;
 
-/// Request ops, as `protocol::Request::op` names them (the `op` label).
-pub const OPS: [&str; 8] = ["auth", "join", "leave", "send", "history", "presence", "typing", "ping"];
+/// Request ops, as `protocol::Request::op` names them (the `op` label), in
+/// [`op_of`] order.
+pub const OPS: [&str; 9] = [
+    "auth", "refresh", "join", "leave", "send", "history", "presence", "typing", "ping",
+];
 /// The `op` of an error that answers a frame that was no request.
 pub const INVALID_OP: u8 = OPS.len() as u8;
 const ERROR_OPS: [&str; OPS.len() + 1] = [
-    "auth", "join", "leave", "send", "history", "presence", "typing", "ping", "invalid",
+    "auth", "refresh", "join", "leave", "send", "history", "presence", "typing", "ping", "invalid",
 ];
 
 const CLOSE_CODES: [&str; 12] = [
@@ -210,6 +213,23 @@ pub fn op_index(op: &str) -> u8 {
     OPS.iter().position(|&o| o == op).map_or(INVALID_OP, |i| i as u8)
 }
 
+/// The index of a request's op in [`OPS`]. The match is exhaustive, so a
+/// new op cannot be added to the protocol without its label here.
+pub fn op_of(req: &protocol::Request) -> u8 {
+    use protocol::Request::*;
+    match req {
+        Auth { .. } => 0,
+        Refresh { .. } => 1,
+        Join { .. } => 2,
+        Leave { .. } => 3,
+        Send { .. } => 4,
+        History { .. } => 5,
+        Presence { .. } => 6,
+        Typing { .. } => 7,
+        Ping => 8,
+    }
+}
+
 /// Connections closed, by close code (a small fixed set).
 pub fn connection_closed(code: &'static str) {
     get().connections_closed.increment(code);
@@ -270,8 +290,25 @@ mod tests {
     #[test]
     fn ops_are_the_protocol_ops() {
         assert_eq!(ERROR_OPS[..OPS.len()], OPS);
-        assert_eq!(op_index("send"), 3);
         assert_eq!(op_index("nonsense"), INVALID_OP);
         assert_eq!(ERROR_OPS[INVALID_OP as usize], "invalid");
+        let frames = [
+            r#"{"op":"auth"}"#,
+            r#"{"op":"refresh","token":"t"}"#,
+            r#"{"op":"join","room":"r"}"#,
+            r#"{"op":"leave","room":"r"}"#,
+            r#"{"op":"send","room":"r","body":1}"#,
+            r#"{"op":"history","room":"r"}"#,
+            r#"{"op":"presence","room":"r"}"#,
+            r#"{"op":"typing","room":"r"}"#,
+            r#"{"op":"ping"}"#,
+        ];
+        assert_eq!(frames.len(), OPS.len());
+        for frame in frames {
+            let (_, req) = protocol::parse_request(&mut frame.as_bytes().to_vec()).unwrap();
+            let i = op_of(&req);
+            assert_eq!(OPS[i as usize], req.op(), "{frame}");
+            assert_eq!(op_index(req.op()), i);
+        }
     }
 }

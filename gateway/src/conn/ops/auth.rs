@@ -45,7 +45,10 @@ impl Session {
     pub(super) async fn on_refresh(&mut self, id: Option<i64>, current: &Identity, token: &str) {
         let identity = match self.node.auth.authenticate(Some(token)) {
             Ok(identity) => identity,
-            Err(e) => return self.error(id, ErrorCode::Unauthorized, &e.to_string()),
+            Err(e) => {
+                crate::metrics::auth_failed(e.reason());
+                return self.error(id, ErrorCode::Unauthorized, &e.to_string());
+            }
         };
         if identity.user != current.user {
             return self.error(id, ErrorCode::Forbidden, "the token is for another user");
