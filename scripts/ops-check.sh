@@ -10,7 +10,8 @@
 #    scripts/services.sh; a GATEWAY_SCYLLA_NODES already set is used
 #    instead) while the load generator runs fan-out with reconnects (joins
 #    with since) and history reads, and two bad clients send a bad frame
-#    and a refused token. Then every query of every dashboard panel must
+#    and a refused token. Each node's /metrics then passes `promtool check
+#    metrics`, and every query of every dashboard panel must
 #    evaluate through Prometheus's HTTP API without error and return data,
 #    once for all nodes and once for one node; and the recording rules too.
 #
@@ -120,6 +121,15 @@ python3 scripts/ops-bad-clients.py "${addrs[1]}"
     --duration 3s --quiet >/dev/null
 load_end=$(date +%s)
 echo "ops: load done ($((SECONDS - started))s)"
+
+# Each node's /metrics after the load, through promtool's own check.
+for addr in "${addrs[@]}"; do
+    curl -fsS "http://$addr/metrics" >"$WORK/metrics.txt"
+    problems=$(promtool check metrics <"$WORK/metrics.txt" 2>&1) \
+        || die "promtool check metrics on $addr: $problems"
+    [ -z "$problems" ] || die "promtool check metrics on $addr: $problems"
+    echo "ops: promtool check metrics on $addr: ok ($(grep -c '^# TYPE' "$WORK/metrics.txt") metrics)"
+done
 
 # Wait until Prometheus has scraped past the load's end, and the rules
 # have been evaluated since.
