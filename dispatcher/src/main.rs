@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use dispatcher::settings::{self, ClusterArgs, EXIT_CONFIG, LogArgs, SettingsError};
-use storage::CqlStore;
+use storage::{CqlStore, Instrumented};
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -35,6 +35,11 @@ struct Config {
     #[arg(long, env = "DISPATCHER_CONSUMER")]
     consumer: Option<String>,
 
+    /// Serve Prometheus metrics (`gateway_persister_*`, `gateway_storage_*`)
+    /// on this address, at any path (e.g. `0.0.0.0:9091`). Unset: none.
+    #[arg(long, env = "DISPATCHER_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     cluster: ClusterArgs,
 
@@ -44,6 +49,25 @@ struct Config {
     /// Validate the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
+}
+
+/// The Prometheus exporter with its own HTTP listener, the same buckets as
+/// the gateway's, and the metrics' help text.
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let latency = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)?
+        .set_buckets_for_metric(Matcher::Suffix("_entries".into()), &sizes)?
+        .set_buckets_for_metric(Matcher::Suffix("_messages".into()), &sizes)?
+        .install()?;
+    dispatcher::describe_metrics();
+    storage::describe_metrics();
+    Ok(())
 }
 
 fn bad_config(e: impl std::fmt::Display) -> ExitCode {
@@ -101,8 +125,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        if let Some(addr) = c.metrics_listen {
+            if let Err(e) = serve_metrics(addr) {
+                tracing::error!(%addr, error = %e, "cannot serve metrics");
+                return ExitCode::FAILURE;
+            }
+            tracing::info!(%addr, "metrics listener");
+        }
         let store = match CqlStore::connect(&store_config).await {
-            Ok(s) => Arc::new(s),
+            Ok(s) => Arc::new(Instrumented::new(s, "cql")),
             Err(e) => {
                 tracing::error!(error = %e, "cannot reach the CQL store");
                 return ExitCode::FAILURE;

@@ -11,13 +11,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use testkit::{GatewayProcess, RedisServer, Wait, cql_nodes, fresh_keyspace};
+use testkit::{GatewayProcess, RedisServer, Wait, cql_nodes, fresh_keyspace, promtool_check};
 
 fn node(redis: &RedisServer, keyspace: &str) -> (GatewayProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -85,38 +83,6 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         }
     }
     found
-}
-
-fn promtool() -> &'static str {
-    for p in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
-        if std::path::Path::new(p).exists() {
-            return p;
-        }
-    }
-    panic!("promtool not found: run scripts/setup.sh (installs Debian's prometheus package)");
-}
-
-/// `promtool check metrics` on `text`: its complaints, if any.
-fn promtool_check(text: &str) -> Result<(), String> {
-    let mut child = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() && said.trim().is_empty() {
-        Ok(())
-    } else {
-        Err(format!("promtool check metrics: {}: {said}", out.status))
-    }
 }
 
 /// Waits until `name{labels}` on `node` is at least `min`; the text then.

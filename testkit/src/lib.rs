@@ -437,6 +437,39 @@ pub fn fresh_keyspace(tag: &str) -> String {
     format!("t_{tag}_{}", n % 1_000_000_000_000)
 }
 
+/// The real `promtool` (Debian's `prometheus` package).
+fn promtool() -> &'static str {
+    for p in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
+        if std::path::Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("promtool not found: run scripts/setup.sh (installs Debian's prometheus package)");
+}
+
+/// `promtool check metrics` on `text`: its complaints, if any.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("promtool check metrics: {}: {said}", out.status))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
