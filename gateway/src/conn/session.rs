@@ -59,15 +59,16 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
+    /// Takes a token if at least `floor` are there; a refused request
+    /// costs one too, when there is one.
+    fn take_above(&mut self, now: Instant, floor: f64) -> bool {
         self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate).min(self.burst);
         self.refilled = now;
-        if self.tokens >= 1.0 {
+        let ok = self.tokens >= floor.max(1.0);
+        if ok || self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
+        ok
     }
 }
 
@@ -320,7 +321,14 @@ impl Session {
         // A message is charged to its user's rate too (over all their
         // connections, when that limit is on).
         let user_ok = || !send || self.user_slot.as_ref().is_none_or(|s| s.send_ok());
-        let conn_ok = bucket.take(now);
+        // Within a run of refusals a request passes only while half the
+        // burst is there (and a refused one costs a token): a flood, whose
+        // backlog is read after each pause, gets fewer through than its
+        // rate, while a client that slowed down is served again as soon as
+        // half its burst came back (and its run ends after a quiet second).
+        let in_run = self.limited.is_some_and(|(_, latest)| now.duration_since(latest) < RATE_QUIET);
+        let floor = if in_run { bucket.burst / 2.0 } else { 1.0 };
+        let conn_ok = bucket.take_above(now, floor);
         if conn_ok && user_ok() {
             return true;
         }
