@@ -326,7 +326,9 @@ impl Session {
         // backlog is read after each pause, gets fewer through than its
         // rate, while a client that slowed down is served again as soon as
         // half its burst came back (and its run ends after a quiet second).
-        let in_run = self.limited.is_some_and(|(_, latest)| now.duration_since(latest) < RATE_QUIET);
+        let in_run = self
+            .limited
+            .is_some_and(|(_, latest)| now.duration_since(latest) < RATE_QUIET);
         let floor = if in_run { bucket.burst / 2.0 } else { 1.0 };
         let conn_ok = bucket.take_above(now, floor);
         if conn_ok && user_ok() {
