@@ -29,8 +29,9 @@ pub struct Identity {
     pub rooms: Arc<[String]>,
     /// (1.1) Room patterns this user moderates (the `mod` claim).
     pub mods: Option<Arc<[String]>>,
-    /// The token's `exp` (Unix seconds); `None` for guests.
-    pub expires_at: Option<u64>,
+    /// The token's `exp` (Unix seconds); 0 for guests (no expiry). Not an
+    /// `Option`: the identity lives in every connection.
+    pub expires_at: u64,
 }
 
 impl Identity {
@@ -49,7 +50,7 @@ impl Identity {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        self.expires_at.map(|exp| exp.saturating_sub(now))
+        (self.expires_at != 0).then(|| self.expires_at.saturating_sub(now))
     }
 }
 
@@ -180,7 +181,8 @@ impl Authenticator {
             user: claims.sub.into(),
             rooms,
             mods: claims.mods.map(Into::into),
-            expires_at: Some(claims.exp.max(0.0) as u64),
+            // At least 1: 0 is a guest's.
+            expires_at: (claims.exp.max(1.0)) as u64,
         })
     }
 
@@ -190,7 +192,7 @@ impl Authenticator {
             user: format!("guest-{n:016x}").into(),
             rooms: self.default_rooms.clone(),
             mods: None,
-            expires_at: None,
+            expires_at: 0,
         }
     }
 }

@@ -44,7 +44,9 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: 
     m.connections_opened.increment(1);
     let mut s = Session::new(node);
     if let Some(h) = header_auth {
-        s.header_auth(h).await;
+        // Boxed: its state (the identity, the per-user admission) must not
+        // be part of every idle task.
+        Box::pin(s.header_auth(h)).await;
     }
     // Each step awaited here, not wrapped in one more async fn: this future
     // lives as long as the connection, and a wrapper that owned the socket

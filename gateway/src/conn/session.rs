@@ -230,7 +230,7 @@ impl Session {
     pub(super) fn auth_deadline(&self) -> Option<Instant> {
         match &self.identity {
             None => Some(self.auth_deadline),
-            Some(i) if i.expires_at.is_some() => Some(self.auth_deadline),
+            Some(i) if i.expires_at != 0 => Some(self.auth_deadline),
             Some(_) => None,
         }
     }

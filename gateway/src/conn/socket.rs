@@ -186,10 +186,12 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
         }
         // Frames already read are handled while replies are below the
         // high-water mark; above it they wait, and nothing more is read.
-        let paused = s.paused_until(Instant::now());
+        // A bool, not the instant: what lives across the awaits below is
+        // part of every idle task.
+        let paused = s.paused_until(Instant::now()).is_some();
         if let Some(i) = &mut inbound {
             let replies_low = s.handle().queue.lock().own_bytes < high_water(s);
-            if !i.frames.is_empty() && replies_low && paused.is_none() {
+            if !i.frames.is_empty() && replies_low && !paused {
                 Box::pin(handle_frames(tcp, i, s)).await;
                 continue;
             }
@@ -214,13 +216,13 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
             let q = s.handle().queue.lock();
             (!q.items.is_empty(), q.own_bytes < high_water(s), q.stalled_since)
         };
-        let may_read = replies_low && paused.is_none() && inbound.as_ref().is_none_or(|i| i.frames.is_empty());
+        let may_read = replies_low && !paused && inbound.as_ref().is_none_or(|i| i.frames.is_empty());
         let write_timeout = s.settings().write_timeout;
         let mut deadline = s.next_deadline();
         if let Some(since) = stalled {
             deadline = deadline.min(since + write_timeout);
         }
-        if let Some(until) = paused {
+        if let Some(until) = s.paused_until(Instant::now()) {
             deadline = deadline.min(until);
         }
         if timer.deadline() != deadline || timer.is_elapsed() {
