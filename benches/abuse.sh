@@ -7,7 +7,8 @@
 # attack of benches/abuse_attacks.py runs (from 127.0.0.200) (pinned to CPU 1 too, at nice 19
 # so the probe is not starved on its own core), a fresh baseline before
 # each. Prints send-to-ack and send-to-delivery p50/p99 and each attack's
-# p99 over its baseline, and the node's peak RSS during each phase.
+# p99 over its baseline, the node's peak RSS and its CPU (share of its
+# core) during each phase.
 #   bash benches/abuse.sh [seconds] [attacks, default "flood nonreader stalled storm"]
 set -euo pipefail
 SECONDS_PER_PHASE=${1:-10}
@@ -42,22 +43,35 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$gw/status"; }
 # peak_rss FILE: samples the node's RSS every 100 ms into FILE until killed.
 peak_rss() { while :; do rss_kib >>"$1"; sleep 0.1; done; }
 
+# cpu_ticks: the node's user+system CPU so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$gw/stat"; }
+
 # probe NAME: the well-behaved client for one phase; prints its line.
 probe() {
     local name=$1
     : >"$OUT/rss-$name"
     peak_rss "$OUT/rss-$name" &
     local sampler=$!
+    local ticks0
+    ticks0=$(cpu_ticks)
+    local started
+    started=$(date +%s.%N)
     taskset -c 1 "$TARGET/loadtest" --url "ws://$addr/ws" --connections 20 --rooms 2 --senders 2 \
         --rate 40 --duration "${SECONDS_PER_PHASE}s" --drain 2s --room-prefix "probe-$name" --quiet \
         --report "$OUT/$name.json" >/dev/null 2>"$OUT/$name.err" || { cat "$OUT/$name.err"; exit 1; }
     kill "$sampler" 2>/dev/null || true
-    python3 - "$OUT/$name.json" "$name" "$(sort -n "$OUT/rss-$name" | tail -1)" <<'PY'
+    # The node's CPU over the phase, as a share of its one core: what the
+    # attack costs it, steadier than a few-millisecond p99.
+    local cpu
+    cpu=$(python3 -c "import sys; t, s = int(sys.argv[1]), float(sys.argv[2]); print(f'{t / float(sys.argv[3]) / s * 100:.1f}')" \
+        "$(( $(cpu_ticks) - ticks0 ))" "$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$started")" "$(getconf CLK_TCK)")
+    echo "$cpu" >"$OUT/cpu-$name"
+    python3 - "$OUT/$name.json" "$name" "$(sort -n "$OUT/rss-$name" | tail -1)" "$cpu" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 a, d = r["latency_ms"]["ack"], r["latency_ms"]["delivery"]
 print(f"{sys.argv[2]:<18} ack p50 {a['p50']:6.2f} p99 {a['p99']:6.2f} ms | delivery p50 {d['p50']:6.2f} p99 {d['p99']:6.2f} ms"
-      f" | delivered {r['delivered']}/{r['expected_deliveries']} | node peak RSS {int(sys.argv[3]) // 1024} MiB")
+      f" | delivered {r['delivered']}/{r['expected_deliveries']} | node peak RSS {int(sys.argv[3]) // 1024} MiB | node CPU {sys.argv[4]}%")
 PY
 }
 
@@ -77,6 +91,7 @@ for attack in $ATTACKS; do
     probe "$attack"
     wait "$attacker" || true
     echo "  attacker: $(cat "$OUT/attack-$attack.json")"
+    summary+=("$(printf '%-10s node CPU %5s%% -> %5s%% of a core' "$attack" "$(cat "$OUT/cpu-base-$attack")" "$(cat "$OUT/cpu-$attack")")")
     for kind in ack delivery; do
         summary+=("$(python3 -c "import sys; b, a = float(sys.argv[3]), float(sys.argv[4]); print(f'{sys.argv[1]:<10} {sys.argv[2]:<8} p99 {b:6.2f} -> {a:6.2f} ms: x{a / b:.2f}')" \
             "$attack" "$kind" "$(p99 "base-$attack" "$kind")" "$(p99 "$attack" "$kind")")")
