@@ -93,6 +93,25 @@ impl UserCounts {
     pub async fn take(&self, user: u64, limit: u32) -> Result<bool, BusError> {
         let key = self.layout.user_connections_key(user);
         let mut conn = self.pool.get().await?;
+        // Once the increment is sent, any failure gives the place back (if
+        // it never reached Redis, the give-back removes nothing), so an
+        // error never leaves a place taken without a connection holding it.
+        let total = match self.count_with_one_more(&mut conn, &key).await {
+            Ok(total) => total,
+            Err(e) => {
+                self.give_back(user);
+                return Err(e);
+            }
+        };
+        if total > i64::from(limit) {
+            self.give_back(user);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Adds one to this node's share of `key` and sums the live shares.
+    async fn count_with_one_more(&self, conn: &mut Pooled, key: &str) -> Result<i64, BusError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HINCRBY")
             .arg(&key)
@@ -106,13 +125,13 @@ impl UserCounts {
             .cmd("HGETALL")
             .arg(&key);
         let (shares,): (HashMap<String, i64>,) = pipe
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .map_err(|e| redis_error("HGETALL user connections", e))?;
         let mut total = 0i64;
         let mut dead = Vec::new();
         for (field, n) in &shares {
-            if field == &self.me || self.alive(&mut conn, field).await? {
+            if field == &self.me || self.alive(conn, field).await? {
                 total += n.max(&0);
             } else {
                 dead.push(field.as_str());
@@ -120,13 +139,9 @@ impl UserCounts {
         }
         if !dead.is_empty() {
             // A dead incarnation's share: drop it for everyone.
-            let _: Result<i64, _> = redis::cmd("HDEL").arg(&key).arg(&dead).query_async(&mut conn).await;
+            let _: Result<i64, _> = redis::cmd("HDEL").arg(key).arg(&dead).query_async(conn).await;
         }
-        if total > i64::from(limit) {
-            self.give_back(user);
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(total)
     }
 
     /// Gives a place back (a connection of `user` ended), soon and in a
