@@ -114,16 +114,16 @@ impl UserCounts {
     async fn count_with_one_more(&self, conn: &mut Pooled, key: &str) -> Result<i64, BusError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HINCRBY")
-            .arg(&key)
+            .arg(key)
             .arg(&self.me)
             .arg(1)
             .ignore()
             .cmd("PEXPIRE")
-            .arg(&key)
+            .arg(key)
             .arg(CONNS_TTL.as_millis() as u64)
             .ignore()
             .cmd("HGETALL")
-            .arg(&key);
+            .arg(key);
         let (shares,): (HashMap<String, i64>,) = pipe
             .query_async(conn)
             .await
