@@ -36,7 +36,7 @@ pub mod settings;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-pub use metrics::describe as describe_metrics;
+pub use metrics::{describe as describe_metrics, exporter_builder};
 pub use storage::{Page, StoredMessage};
 
 /// A message a client (or the server API) publishes.

@@ -54,17 +54,7 @@ struct Config {
 /// The Prometheus exporter with its own HTTP listener, the same buckets as
 /// the gateway's, and the metrics' help text.
 fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let latency = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    ];
-    let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)?
-        .set_buckets_for_metric(Matcher::Suffix("_entries".into()), &sizes)?
-        .set_buckets_for_metric(Matcher::Suffix("_messages".into()), &sizes)?
-        .install()?;
+    dispatcher::exporter_builder().with_http_listener(addr).install()?;
     dispatcher::describe_metrics();
     storage::describe_metrics();
     Ok(())

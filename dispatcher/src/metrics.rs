@@ -96,6 +96,23 @@ pub(crate) fn reader_lag(stream: u32) -> Gauge {
 /// Registers the help text of every bus and persister metric with the
 /// installed recorder, and the metrics themselves, so they are exported
 /// (at zero) before their first use. Call once the recorder is installed.
+/// The Prometheus exporter's builder with the project's buckets: seconds
+/// from 0.1 ms to 10 s, `_messages` and `_entries` from 1 to 1024. The one
+/// place they are set, for the gateway's recorder and the dispatcher's
+/// listener alike.
+pub fn exporter_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const LATENCY: [f64; 16] = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    const SIZES: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_messages".into()), &SIZES))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_entries".into()), &SIZES))
+        .expect("static bucket lists are not empty")
+}
+
 pub fn describe() {
     describe_counter!(
         "gateway_bus_messages_published_total",
