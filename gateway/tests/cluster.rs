@@ -13,24 +13,12 @@ use dispatcher::redis_bus::StreamLayout;
 use serde_json::json;
 use testkit::{GatewayProcess, RedisCluster, RedisServer, Wait, wait_until_async};
 
-struct Cluster {
-    nodes: Vec<GatewayProcess>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-/// `n` gateway processes on one bus (`bus` are the Redis flags).
-fn nodes(n: usize, bus: &[String], extra: &[&str]) -> Cluster {
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..n {
-        let dir = tempfile::tempdir().unwrap();
-        let mut args: Vec<&str> = bus.iter().map(String::as_str).collect();
-        args.extend_from_slice(&["--send-rate", "100000", "--send-burst", "100000"]);
-        args.extend_from_slice(extra);
-        nodes.push(GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), dir.path(), &args));
-        dirs.push(dir);
-    }
-    Cluster { nodes, _dirs: dirs }
+/// `n` gateway processes on one bus (`bus` are the Redis flags), with no
+/// send rate in the way.
+fn nodes(n: usize, bus: &[String], extra: &[&str]) -> Processes {
+    let mut args = vec!["--send-rate", "100000", "--send-burst", "100000"];
+    args.extend_from_slice(extra);
+    processes(n, bus, &args)
 }
 
 fn single(redis: &RedisServer) -> Vec<String> {

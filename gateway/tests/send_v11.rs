@@ -89,15 +89,8 @@ async fn nonces_are_per_user_and_survive_a_reconnect() {
 }
 
 async fn across_nodes(bus: Vec<String>) {
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..2 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut args: Vec<&str> = bus.iter().map(String::as_str).collect();
-        args.extend_from_slice(&["--jwt-secret", SECRET]);
-        nodes.push(GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), dir.path(), &args));
-        dirs.push(dir);
-    }
+    let cluster = processes(2, &bus, &["--jwt-secret", SECRET]);
+    let nodes = &cluster.nodes;
     let connect = async |node: &GatewayProcess| {
         let mut c = Client::connect(&node.url(), None).await;
         assert_eq!(

@@ -13,18 +13,10 @@ use serde_json::json;
 use testkit::{GatewayProcess, RedisCluster, RedisServer, Wait, redis_command};
 
 /// Two gateway processes on one bus, with `extra` flags.
-fn two_nodes(bus: &[String], extra: &[&str]) -> (Vec<GatewayProcess>, Vec<tempfile::TempDir>) {
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..2 {
-        let dir = tempfile::tempdir().unwrap();
-        let mut args: Vec<&str> = bus.iter().map(String::as_str).collect();
-        args.extend_from_slice(&["--jwt-secret", SECRET, "--presence-ttl", "2s"]);
-        args.extend_from_slice(extra);
-        nodes.push(GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), dir.path(), &args));
-        dirs.push(dir);
-    }
-    (nodes, dirs)
+fn two_nodes(bus: &[String], extra: &[&str]) -> Processes {
+    let mut args = vec!["--jwt-secret", SECRET, "--presence-ttl", "2s"];
+    args.extend_from_slice(extra);
+    processes(2, bus, &args)
 }
 
 /// A connection of `user` on `node` that authenticated, or the refusal.
@@ -44,7 +36,8 @@ async fn refused(node: &GatewayProcess, user: &str) {
 }
 
 async fn user_cap_spans_the_cluster(bus: Vec<String>) {
-    let (mut nodes, _dirs) = two_nodes(&bus, &["--max-connections-per-user", "3"]);
+    let mut cluster = two_nodes(&bus, &["--max-connections-per-user", "3"]);
+    let nodes = &mut cluster.nodes;
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut on_a = vec![
         connect_as(a, "alice").await.unwrap(),
@@ -94,7 +87,8 @@ async fn user_cap_spans_a_redis_cluster() {
 async fn node_scope_counts_each_node_alone() {
     let redis = RedisServer::start();
     let bus = vec!["--redis-url".into(), redis.url()];
-    let (nodes, _dirs) = two_nodes(&bus, &["--max-connections-per-user", "1", "--user-limit-scope", "node"]);
+    let cluster = two_nodes(&bus, &["--max-connections-per-user", "1", "--user-limit-scope", "node"]);
+    let nodes = &cluster.nodes;
     let _a = connect_as(&nodes[0], "alice").await.unwrap();
     let _b = connect_as(&nodes[1], "alice").await.unwrap();
     refused(&nodes[1], "alice").await;
@@ -122,7 +116,8 @@ async fn user_send_rate_is_shared_by_every_node() {
     let redis = RedisServer::start();
     let bus = vec!["--redis-url".into(), redis.url()];
     // 1 message/s: 10 per 10-second window, for all of alice's connections.
-    let (nodes, _dirs) = two_nodes(&bus, &["--user-send-rate", "1", "--rate-limit-grace", "60s"]);
+    let cluster = two_nodes(&bus, &["--user-send-rate", "1", "--rate-limit-grace", "60s"]);
+    let nodes = &cluster.nodes;
     let mut a = connect_as(&nodes[0], "alice").await.unwrap();
     let mut b = connect_as(&nodes[1], "alice").await.unwrap();
     a.join("r").await;

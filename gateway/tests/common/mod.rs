@@ -413,3 +413,29 @@ pub async fn pipelined_sends_keep_order(c: &mut Client) {
         assert_eq!(events[room], acked, "{room}: delivered in id order");
     }
 }
+
+/// Real gateway processes on one bus, with their data dirs (removed when
+/// this is dropped, after the processes are killed).
+pub struct Processes {
+    pub nodes: Vec<testkit::GatewayProcess>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// `n` gateway processes on one bus (`bus` are the Redis flags) with
+/// `extra` flags, each on a fresh data dir.
+pub fn processes(n: usize, bus: &[String], extra: &[&str]) -> Processes {
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args: Vec<&str> = bus.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        nodes.push(testkit::GatewayProcess::start(
+            env!("CARGO_BIN_EXE_gateway"),
+            dir.path(),
+            &args,
+        ));
+        dirs.push(dir);
+    }
+    Processes { nodes, _dirs: dirs }
+}
