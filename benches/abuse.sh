@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# A well-behaved client's latency while the node is under attack (issue 10):
-# one release gateway node (embedded defaults but a per-IP connection rate
-# of 20/s, pinned to CPU 0), a probe
-# (`loadtest` fan-out: 20 members in 2 rooms, 2 senders at 40 msg/s in all,
-# pinned to CPU 1) measured for SECONDS alone, then for SECONDS while each
-# attack of benches/abuse_attacks.py runs (from 127.0.0.200) (pinned to CPU 1 too, at nice 19
-# so the probe is not starved on its own core), a fresh baseline before
-# each. Prints send-to-ack and send-to-delivery p50/p99 and each attack's
-# p99 over its baseline, the node's peak RSS and its CPU (share of its
-# core) during each phase.
-#   bash benches/abuse.sh [seconds] [attacks, default "flood nonreader stalled storm"]
+# A well-behaved client's latency while the node is under attack (issue 10),
+# as one long probe run with quiet and attack windows interleaved, so slow
+# drift of this shared machine falls on both sides alike.
+#
+# One release gateway node (embedded defaults but a per-IP connection rate
+# of 20/s) pinned to CPU 0. The probe (`loadtest` fan-out: 20 members in 2
+# rooms, 2 senders at 40 msg/s in all, `--samples` logging every latency
+# with its send time) on CPU 1. ROUNDS times, for each attack: a quiet
+# window of PHASE seconds, then the attacker of benches/abuse_attacks.py
+# starts (from 127.0.0.200, CPU 1, nice 19), and after LEAD seconds (its
+# connections opened) an attack window of PHASE seconds; the attacker ends,
+# 1 s to settle. Samples are pooled per window kind by send time; prints
+# each kind's send-to-ack and send-to-delivery p50/p99, the p99 over the
+# quiet windows' p99, and the node's CPU (share of its core) per kind.
+# Exits 1 when CHECK=1 and a p99 ratio is above LIMIT (default 1.2).
+#   bash benches/abuse.sh [rounds=5] [phase seconds=4] [attacks="flood nonreader stalled storm"]
 set -euo pipefail
-SECONDS_PER_PHASE=${1:-10}
-ATTACKS=${2:-flood nonreader stalled storm}
+ROUNDS=${1:-5}
+PHASE=${2:-4}
+ATTACKS=${3:-flood nonreader stalled storm}
+LEAD=2
+LIMIT=${LIMIT:-1.2}
 cd "$(dirname "$0")/.."
 . benches/lib.sh
 cargo build -q --release -p gateway -p loadtest
@@ -39,64 +47,100 @@ for _ in range(500):
     assert r.status == 200, r.status
 PY
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$gw/status"; }
-# peak_rss FILE: samples the node's RSS every 100 ms into FILE until killed.
-peak_rss() { while :; do rss_kib >>"$1"; sleep 0.1; done; }
-
+n_attacks=$(wc -w <<<"$ATTACKS")
+# The windows' time plus a third for the script's own steps (attackers
+# starting at nice 19 beside the probe take a while); the probe must outlast
+# the last window.
+total=$((ROUNDS * n_attacks * (2 * PHASE + LEAD + 1) * 4 / 3 + 10))
 # cpu_ticks: the node's user+system CPU so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$gw/stat"; }
-
-# probe NAME: the well-behaved client for one phase; prints its line.
-probe() {
-    local name=$1
-    : >"$OUT/rss-$name"
-    peak_rss "$OUT/rss-$name" &
-    local sampler=$!
-    local ticks0
-    ticks0=$(cpu_ticks)
-    local started
-    started=$(date +%s.%N)
-    taskset -c 1 "$TARGET/loadtest" --url "ws://$addr/ws" --connections 20 --rooms 2 --senders 2 \
-        --rate 40 --duration "${SECONDS_PER_PHASE}s" --drain 2s --room-prefix "probe-$name" --quiet \
-        --report "$OUT/$name.json" >/dev/null 2>"$OUT/$name.err" || { cat "$OUT/$name.err"; exit 1; }
-    kill "$sampler" 2>/dev/null || true
-    # The node's CPU over the phase, as a share of its one core: what the
-    # attack costs it, steadier than a few-millisecond p99.
-    local cpu
-    cpu=$(python3 -c "import sys; t, s = int(sys.argv[1]), float(sys.argv[2]); print(f'{t / float(sys.argv[3]) / s * 100:.1f}')" \
-        "$(( $(cpu_ticks) - ticks0 ))" "$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$started")" "$(getconf CLK_TCK)")
-    echo "$cpu" >"$OUT/cpu-$name"
-    python3 - "$OUT/$name.json" "$name" "$(sort -n "$OUT/rss-$name" | tail -1)" "$cpu" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-a, d = r["latency_ms"]["ack"], r["latency_ms"]["delivery"]
-print(f"{sys.argv[2]:<18} ack p50 {a['p50']:6.2f} p99 {a['p99']:6.2f} ms | delivery p50 {d['p50']:6.2f} p99 {d['p99']:6.2f} ms"
-      f" | delivered {r['delivered']}/{r['expected_deliveries']} | node peak RSS {int(sys.argv[3]) // 1024} MiB | node CPU {sys.argv[4]}%")
-PY
+now_us() { date +%s%6N; }
+# window KIND: PHASE seconds; appends "KIND start_us end_us ticks" to windows.
+window() {
+    local t0 c0
+    t0=$(now_us)
+    c0=$(cpu_ticks)
+    sleep "$PHASE"
+    echo "$1 $t0 $(now_us) $(($(cpu_ticks) - c0))" >>"$OUT/windows"
 }
 
-p99() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['latency_ms'][sys.argv[2]]['p99'])" "$OUT/$1.json" "$2"; }
-
 echo "machine: $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | xargs); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "node on CPU 0; probe and attackers on CPU 1 (attackers at nice 19); ${SECONDS_PER_PHASE}s per phase"
-summary=()
-for attack in $ATTACKS; do
-    probe "base-$attack"
-    # The attacker starts first and runs a little longer than the probe.
-    taskset -c 1 nice -n 19 python3 benches/abuse_attacks.py "$attack" "$addr" $((SECONDS_PER_PHASE + 4)) --source 127.0.0.200 \
-        >"$OUT/attack-$attack.json" 2>"$OUT/attack-$attack.err" &
-    attacker=$!
-    pids+=("$attacker")
-    sleep 2
-    probe "$attack"
-    wait "$attacker" || true
-    echo "  attacker: $(cat "$OUT/attack-$attack.json")"
-    summary+=("$(printf '%-10s node CPU %5s%% -> %5s%% of a core' "$attack" "$(cat "$OUT/cpu-base-$attack")" "$(cat "$OUT/cpu-$attack")")")
-    for kind in ack delivery; do
-        summary+=("$(python3 -c "import sys; b, a = float(sys.argv[3]), float(sys.argv[4]); print(f'{sys.argv[1]:<10} {sys.argv[2]:<8} p99 {b:6.2f} -> {a:6.2f} ms: x{a / b:.2f}')" \
-            "$attack" "$kind" "$(p99 "base-$attack" "$kind")" "$(p99 "$attack" "$kind")")")
+echo "node on CPU 0; probe and attackers on CPU 1 (attackers at nice 19); $ROUNDS rounds of ${PHASE}s windows, ${total}s probe"
+taskset -c 1 "$TARGET/loadtest" --url "ws://$addr/ws" --connections 20 --rooms 2 --senders 2 \
+    --rate 40 --duration "${total}s" --drain 2s --room-prefix probe --quiet \
+    --ready-file "$OUT/ready" --samples "$OUT/samples" --report "$OUT/probe.json" >/dev/null 2>"$OUT/probe.err" &
+probe=$!
+pids+=("$probe")
+for _ in $(seq 1 200); do [ -e "$OUT/ready" ] && break; sleep 0.05; done
+[ -e "$OUT/ready" ] || { echo "probe never ready"; cat "$OUT/probe.err"; exit 1; }
+sleep 1 # the senders' first messages
+
+peak=0
+for round in $(seq 1 "$ROUNDS"); do
+    for attack in $ATTACKS; do
+        window quiet
+        taskset -c 1 nice -n 19 python3 benches/abuse_attacks.py "$attack" "$addr" "$((PHASE + LEAD)).5" \
+            --source 127.0.0.200 >>"$OUT/attack-$attack.json" 2>>"$OUT/attack.err" &
+        attacker=$!
+        pids+=("$attacker")
+        sleep "$LEAD"
+        window "$attack"
+        rss=$(awk '/^VmRSS/ {print $2}' "/proc/$gw/status")
+        [ "$rss" -gt "$peak" ] && peak=$rss
+        wait "$attacker" || { echo "attacker $attack failed:"; cat "$OUT/attack.err"; exit 1; }
+        sleep 1
     done
+    echo "round $round of $ROUNDS done"
 done
-echo "-- p99 under attack over its baseline"
-printf '%s\n' "${summary[@]}"
+wait "$probe" || { echo "probe failed:"; cat "$OUT/probe.err"; exit 1; }
+python3 - "$OUT/probe.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"probe: delivered {r['delivered']}/{r['expected_deliveries']}, acked {r['acked']}/{r['sent']}")
+PY
+echo "node RSS at the end of attack windows: peak $((peak / 1024)) MiB"
+for attack in $ATTACKS; do
+    echo "  $attack, last round: $(tail -1 "$OUT/attack-$attack.json")"
+done
+python3 - "$OUT/samples" "$OUT/windows" "$(getconf CLK_TCK)" "$LIMIT" "$ATTACKS" <<'PY'
+import sys
+from collections import defaultdict
+samples_path, windows_path, hz, limit, attacks = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5].split()
+windows = [l.split() for l in open(windows_path)]
+windows = [(k, int(a), int(b), int(t)) for k, a, b, t in windows]
+lat = defaultdict(list)  # (window kind, a|d) -> latencies in µs
+for line in open(samples_path):
+    kind, sent, us = line.split()
+    sent = int(sent)
+    for w, a, b, _ in windows:
+        if a <= sent < b:
+            lat[(w, kind)].append(int(us))
+            break
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(q * len(v)))] / 1000 if v else float("nan")
+cpu = defaultdict(lambda: [0, 0])
+for w, a, b, t in windows:
+    cpu[w][0] += t
+    cpu[w][1] += (b - a) / 1e6
+failed = []
+print(f"{'window':<10} {'node CPU':>8} | {'ack n':>6} p50 / p99 ms       | {'delivery n':>10} p50 / p99 ms")
+for w in ["quiet"] + attacks:
+    share = cpu[w][0] / hz / cpu[w][1] * 100 if cpu[w][1] else float("nan")
+    a, d = lat[(w, "a")], lat[(w, "d")]
+    print(f"{w:<10} {share:7.1f}% | {len(a):6} {pct(a, .5):6.2f} / {pct(a, .99):6.2f} | {len(d):10} {pct(d, .5):6.2f} / {pct(d, .99):6.2f}")
+print(f"-- p99 over the quiet windows' p99 (limit x{limit})")
+for w in attacks:
+    for k, name in (("a", "ack"), ("d", "delivery")):
+        base, under = pct(lat[("quiet", k)], .99), pct(lat[(w, k)], .99)
+        ratio = under / base
+        ok = ratio <= limit
+        failed += [] if ok else [f"{w} {name}"]
+        print(f"{w:<10} {name:<8} {base:6.2f} -> {under:6.2f} ms: x{ratio:.2f} {'ok' if ok else 'OVER'}")
+open(windows_path + ".failed", "w").write(" ".join(failed))
+PY
 curl -s "http://$addr/metrics" | grep -E '^gateway_(connections_(refused|closed)_total|slow_consumer)' | sort || true
+if [ "${CHECK:-0}" = 1 ] && [ -s "$OUT/windows.failed" ]; then
+    echo "over x$LIMIT: $(cat "$OUT/windows.failed")"
+    exit 1
+fi

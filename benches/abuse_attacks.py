@@ -11,7 +11,8 @@ Attacks:
   nonreader  50 connections that pipeline three 500-message `history`
              requests for a room of large messages and never read.
   stalled    300 connections that each send the header and 100 bytes of a
-             64 KiB frame, then nothing.
+             64 KiB frame, then nothing (from ten addresses, --source and
+             the nine after it).
   storm      8 workers opening a WebSocket and closing it at once, as fast
              as they can, all from one source address.
 """
@@ -184,7 +185,16 @@ async def main():
     one, n = ATTACKS[attack]
     stats = Stats()
     deadline = time.monotonic() + seconds
-    tasks = [asyncio.create_task(one(addr, source, deadline, stats)) for _ in range(n)]
+    # Stalled frames are about what a half-sent frame holds, not the
+    # connection rate: spread over ten source addresses (from --source up)
+    # so the per-address rate lets all 300 in instead of making a storm.
+    spread = 10 if attack == "stalled" and source else 1
+    def source_of(i):
+        if spread == 1:
+            return source
+        a, b, c, d = source.split(".")
+        return f"{a}.{b}.{c}.{int(d) + i % spread}"
+    tasks = [asyncio.create_task(one(addr, source_of(i), deadline, stats)) for i in range(n)]
     # Every task checks the deadline; this bounds the run even if one hangs.
     await asyncio.wait(tasks, timeout=seconds + 15)
     for t in tasks:

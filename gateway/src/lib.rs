@@ -25,12 +25,15 @@
 //! - [`auth`]: JWT and guests; [`jwt`]: which key checks a token (one
 //!   static key, or a JWK set); [`jwks`]: a JWK set from a file or a URL,
 //!   followed so keys rotate without a restart. [`metrics`]: `gateway_*` metrics.
+//! - `accept`: the client listener's accept step, which closes connections
+//!   over their address's rate before tokio registers them.
 //! - `server`: [`run`] wires them to the bus (`dispatcher`) and the store
 //!   (`storage`) and serves until the shutdown token is cancelled, then
 //!   drains.
 
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod admission;
 pub mod auth;
 pub mod config;

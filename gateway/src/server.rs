@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::Acceptor;
 use crate::config::Settings;
 use crate::http::Listener;
 use crate::node::Node;
@@ -194,14 +195,17 @@ async fn serve(node: &Arc<Node>, listener: TcpListener, grace: Duration) {
     let accept = {
         let node = node.clone();
         async move {
+            let acceptor = match Acceptor::new(listener) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "client listener unusable");
+                    return;
+                }
+            };
+            let refused = || metrics::connection_refused(admission::Refusal::IpRate.reason());
             loop {
-                match listener.accept().await {
+                match acceptor.accept(|ip| node.admission.accept(ip), refused).await {
                     Ok((stream, peer)) => {
-                        if !node.admission.accept(peer.ip()) {
-                            metrics::connection_refused(admission::Refusal::IpRate.reason());
-                            drop(stream);
-                            continue;
-                        }
                         let conn = http::serve_connection(node.clone(), stream, peer, Listener::Client);
                         // Connections accepted while draining only get 503s;
                         // the drain does not wait for them.

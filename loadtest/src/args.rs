@@ -86,6 +86,11 @@ pub struct Args {
     /// No live progress.
     #[arg(long)]
     pub quiet: bool,
+    /// Write every ack and delivery latency here, a line each:
+    /// `<a|d> <sent unix µs> <latency µs>` (one process only: not with
+    /// `--workers`).
+    #[arg(long)]
+    pub samples: Option<PathBuf>,
     /// history: the room to page (default: the first room).
     #[arg(long)]
     pub history_room: Option<String>,
@@ -143,6 +148,9 @@ impl Args {
         }
         if self.workers == 0 || self.workers > self.connections {
             bail!("--workers must be from 1 to --connections");
+        }
+        if self.samples.is_some() && self.workers > 1 {
+            bail!("--samples is written by one process: not with --workers");
         }
         if self.worker_index.is_some_and(|w| w >= self.workers) {
             bail!("--worker-index must be below --workers");

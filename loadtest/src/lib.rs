@@ -19,6 +19,7 @@
 //! - `report`: [`Report`] from a tally (loss, rates, percentiles) and [`check`].
 //! - `link`: the worker side of the parent/worker line protocol.
 //! - `shared`: the run's live state every task adds to.
+//! - `samples`: `--samples`, each latency with its send time, for scripts.
 //! - `progress`: the once-a-second progress task.
 //! - `conn`: opening one connection (source address, handshake, auth, joins).
 //! - `member`: the member task and the per-delivery accounting.
@@ -36,6 +37,7 @@ mod member;
 mod progress;
 pub mod proto;
 mod report;
+mod samples;
 mod scenario;
 mod sender;
 mod shared;

@@ -140,9 +140,9 @@ pub(crate) fn member_frame(shared: &Shared, b: &[u8], last: &mut Option<u64>) ->
         proto::Frame::Delivery => {
             c.delivered.fetch_add(1, Ordering::Relaxed);
             if let Some(sent) = number_after(b, proto.time_marker()) {
-                shared
-                    .delivery
-                    .record(Duration::from_micros(now_micros().saturating_sub(sent)));
+                let took_us = now_micros().saturating_sub(sent);
+                shared.delivery.record(Duration::from_micros(took_us));
+                shared.samples.record('d', sent, took_us);
             }
             // Only our protocol numbers messages; duplicates are counted there.
             if let Some(id) = msg_id(b).filter(|_| proto == Protocol::Chat) {

@@ -97,7 +97,12 @@ async fn read_loop(
                         proto::Frame::Ok(Some(id)) => {
                             let sent = acks.lock().remove(&id);
                             if let Some((at, room)) = sent {
-                                shared.ack.record(at.elapsed());
+                                let took = at.elapsed();
+                                shared.ack.record(took);
+                                let took_us = took.as_micros() as u64;
+                                shared
+                                    .samples
+                                    .record('a', now_micros().saturating_sub(took_us), took_us);
                                 c.acked.fetch_add(1, Ordering::Relaxed);
                                 shared.acked_by_room[room].fetch_add(1, Ordering::Relaxed);
                             }

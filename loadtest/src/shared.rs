@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::args::Args;
+use crate::samples::Samples;
 use crate::stats::{Counters, Latency, Snapshot};
 use crate::tally::Tally;
 
@@ -33,11 +34,14 @@ pub(crate) struct Shared {
     /// Acknowledged sends to each room: expected deliveries are these times
     /// the room's members (summed over workers first when split).
     pub(crate) acked_by_room: Vec<AtomicU64>,
+    /// `--samples`: each latency with its send time.
+    pub(crate) samples: Samples,
 }
 
 impl Shared {
-    pub(crate) fn new(args: Args) -> Shared {
-        Shared {
+    pub(crate) fn new(args: Args) -> anyhow::Result<Shared> {
+        Ok(Shared {
+            samples: Samples::create(args.samples.as_deref())?,
             members: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
             acked_by_room: (0..args.rooms).map(|_| AtomicU64::new(0)).collect(),
             args,
@@ -50,7 +54,7 @@ impl Shared {
             churn: Latency::new(),
             errors: Mutex::default(),
             closes: Mutex::default(),
-        }
+        })
     }
 
     /// Progress so far, for the live line or the parent.

@@ -43,7 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 /// what it counted.
 pub async fn run_tally(args: Args) -> anyhow::Result<Tally> {
     args.validate()?;
-    let shared = Arc::new(Shared::new(args.clone()));
+    let shared = Arc::new(Shared::new(args.clone())?);
     let progress = Progress::start(shared.clone(), args.quiet);
     // Held to the end: a member stops when the storm sender is gone.
     let (storm, storm_rx) = watch::channel(0u32);
@@ -65,6 +65,7 @@ pub async fn run_tally(args: Args) -> anyhow::Result<Tally> {
     for t in tasks {
         t.abort();
     }
+    shared.samples.flush()?;
     Ok(shared.tally(ramp_secs, send_secs))
 }
 
