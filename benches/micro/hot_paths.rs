@@ -42,6 +42,8 @@ fn encode(c: &mut Criterion) {
         ts: 1_700_000_000_123,
         body,
         reply_to: None,
+        change: None,
+        state: None,
     };
     c.bench_function("encode/msg_event_frame", |b| {
         b.iter(|| black_box(gateway::ws::text_frame(&msg_event(black_box(view)))))
@@ -57,6 +59,8 @@ fn fanout(c: &mut Criterion) {
         ts: 1,
         body: r#""hi""#,
         reply_to: None,
+        change: None,
+        state: None,
     }));
     for n in [10usize, 1_000, 10_000] {
         let members: Vec<Arc<ConnHandle>> = (0..n as u64)

@@ -6,6 +6,12 @@
 //! then hands the batch to the sink and answers the publishers. So a message
 //! is delivered and acknowledged only after it is durable, and every room's
 //! deliveries are in id order.
+//!
+//! (1.1) Edits, deletions and reactions are judged ([`crate::changes`])
+//! in the sequencer, against the store's state of their target and the
+//! events before them in the batch, so two racing ones are judged in
+//! order; the store folds the ones that pass into the target's state in
+//! the same commit that stores them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +23,9 @@ use storage::HistoryStore;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::changes::{Refusal, Target};
 use crate::dedupe::{Recent, nonce_hash};
-use crate::{Bus, BusError, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
+use crate::{Bus, BusError, Change, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
 
 /// Publishes the sequencer folds into one store append.
 const MAX_BATCH: usize = 1024;
@@ -104,10 +111,44 @@ impl Sequencer {
         Ok(id)
     }
 
+    /// Judges an event against its target as the store and this batch
+    /// have it (loading the target, and the user's hold on a reaction key,
+    /// the first time the batch needs them).
+    async fn judge(
+        &self,
+        targets: &mut HashMap<(Arc<str>, u64), Option<Target>>,
+        msg: &NewMessage,
+        change: &Change,
+    ) -> Result<(), BusError> {
+        let slot = (msg.room.clone(), change.target);
+        if !targets.contains_key(&slot) {
+            let found = self.store.message(&msg.room, change.target).await?;
+            targets.insert(slot.clone(), found.as_ref().map(Target::new));
+        }
+        let Some(target) = targets.get_mut(&slot).and_then(Option::as_mut) else {
+            return Err(BusError::Refused(Refusal::NotFound));
+        };
+        if let Some(key) = change.kind.key()
+            && !target.knows(&msg.from, key)
+        {
+            let held = self
+                .store
+                .reactions_by(&msg.room, &msg.from, change.target, change.target)
+                .await?
+                .iter()
+                .any(|(_, k)| k == key);
+            target.set_held(&msg.from, key, held);
+        }
+        target
+            .check(&change.kind, &msg.from, msg.moderator)
+            .map_err(BusError::Refused)
+    }
+
     async fn process(&mut self, batch: Vec<(NewMessage, Reply)>) {
         let m = crate::metrics::get();
         let now = protocol::id::now_ms();
         let mut minted = Vec::with_capacity(batch.len());
+        let mut targets = HashMap::new();
         // Nonces first seen in this batch: a repeat within it is answered
         // once the first is durable.
         let mut fresh: HashMap<u128, u64> = HashMap::new();
@@ -124,6 +165,12 @@ impl Sequencer {
                 repeats.push((reply, id));
                 continue;
             }
+            if let Some(change) = &msg.change
+                && let Err(e) = self.judge(&mut targets, &msg, change).await
+            {
+                let _ = reply.send(Err(e));
+                continue;
+            }
             match self.last_id(&msg.room).await {
                 Ok(last) => {
                     let id = protocol::id::next_after(last, now);
@@ -138,6 +185,8 @@ impl Sequencer {
                         ts: now,
                         body: msg.body,
                         reply_to: msg.reply_to,
+                        change: msg.change,
+                        ..Default::default()
                     };
                     minted.push((Arc::new(stored), msg.ephemeral, reply));
                 }
@@ -251,7 +300,7 @@ impl Bus for InProcessBus {
 
     async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
         let started = Instant::now();
-        let read = self.store.page(room, Page::After(since), limit.saturating_add(1)).await;
+        let read = self.store.entries_after(room, since, limit.saturating_add(1)).await;
         crate::metrics::get().replay.record(started, &read);
         let mut messages = read?;
         let complete = messages.len() <= limit;
@@ -264,6 +313,22 @@ impl Bus for InProcessBus {
         let read = self.store.page(room, page, limit).await;
         crate::metrics::get().history.record(started, &read);
         Ok(read?)
+    }
+
+    async fn reactions_by(&self, room: &str, user: &str, from: u64, to: u64) -> Result<Vec<(u64, String)>, BusError> {
+        Ok(self.store.reactions_by(room, user, from, to).await?)
+    }
+
+    async fn mark_read(&self, room: &str, user: &str, msg: u64) -> Result<bool, BusError> {
+        Ok(self.store.mark_read(room, user, msg, protocol::id::now_ms()).await?)
+    }
+
+    async fn read_marker(&self, room: &str, user: &str) -> Result<Option<u64>, BusError> {
+        Ok(self.store.read_marker(room, user).await?)
+    }
+
+    async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, BusError> {
+        Ok(self.store.read_markers(room, limit).await?)
     }
 
     fn is_ready(&self) -> bool {
@@ -300,6 +365,8 @@ mod tests {
             ephemeral,
             nonce: None,
             reply_to: None,
+            change: None,
+            moderator: false,
         }
     }
 
@@ -359,6 +426,7 @@ mod tests {
                 ts: 0,
                 body: "1".into(),
                 reply_to: None,
+                ..Default::default()
             }])
             .await
             .unwrap();

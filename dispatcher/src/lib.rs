@@ -16,6 +16,8 @@
 //! - [`settings`]: the cluster settings both binaries share (Redis, streams,
 //!   the CQL store, the persister, logging), loaded and validated one way.
 //! - [`backoff`]: the one reconnect backoff (exponential, full jitter).
+//! - [`changes`]: whether an edit, deletion or reaction (1.1) may be
+//!   stored, judged against its target's state.
 //! - [`dedupe`]: send nonces (1.1): which repeated sends are answered with
 //!   the first one's id instead of being stored again.
 //! - `metrics`: the `gateway_bus_*` and `gateway_persister_*` metrics
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod changes;
 pub mod dedupe;
 pub mod inprocess;
 mod metrics;
@@ -36,8 +39,9 @@ pub mod settings;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+pub use changes::Refusal;
 pub use metrics::{describe as describe_metrics, exporter_builder};
-pub use storage::{Page, StoredMessage};
+pub use storage::{Change, ChangeKind, Page, StoredMessage};
 
 /// A message a client (or the server API) publishes.
 #[derive(Debug, Clone)]
@@ -54,6 +58,29 @@ pub struct NewMessage {
     pub nonce: Option<Arc<str>>,
     /// (1.1) The message this one replies to.
     pub reply_to: Option<u64>,
+    /// (1.1) Set for an edit, deletion or reaction: the message it changes
+    /// (`body` is an edit's new body, else empty). Checked against that
+    /// message by [`changes`] before it gets an id.
+    pub change: Option<Change>,
+    /// (1.1) The publisher may delete others' messages in this room (a
+    /// moderator, or the server API).
+    pub moderator: bool,
+}
+
+impl NewMessage {
+    /// A plain, stored message.
+    pub fn new(room: impl Into<Arc<str>>, from: impl Into<Arc<str>>, body: impl Into<String>) -> NewMessage {
+        NewMessage {
+            room: room.into(),
+            from: from.into(),
+            body: body.into(),
+            ephemeral: false,
+            nonce: None,
+            reply_to: None,
+            change: None,
+            moderator: false,
+        }
+    }
 }
 
 /// The bus's answer once a message is durable (or, ephemeral, ordered).
@@ -132,6 +159,12 @@ pub struct Replay {
 pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// (1.1) An event that may not be stored (see [`changes`]).
+    #[error("event refused: {0:?}")]
+    Refused(Refusal),
+    /// (1.1) What this bus configuration cannot do yet.
+    #[error("not supported by this bus: {0}")]
+    Unsupported(&'static str),
     #[error("the bus is shutting down")]
     Closed,
 }
@@ -171,8 +204,37 @@ pub trait Bus: Send + Sync + 'static {
     /// The stored messages after `since`, if there are at most `limit`.
     async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError>;
 
-    /// A page of history including every acknowledged message.
+    /// A page of history including every acknowledged message, each in
+    /// its current state (1.1).
     async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError>;
+
+    /// (1.1) The reactions `user` holds on messages `from..=to` of `room`
+    /// (what `me` marks in a history page).
+    async fn reactions_by(
+        &self,
+        _room: &str,
+        _user: &str,
+        _from: u64,
+        _to: u64,
+    ) -> Result<Vec<(u64, String)>, BusError> {
+        Err(BusError::Unsupported("reactions"))
+    }
+
+    /// (1.1) Moves `user`'s read marker in `room` forward to `msg`; says
+    /// whether it moved.
+    async fn mark_read(&self, _room: &str, _user: &str, _msg: u64) -> Result<bool, BusError> {
+        Err(BusError::Unsupported("read markers"))
+    }
+
+    /// (1.1) `user`'s read marker in `room`.
+    async fn read_marker(&self, _room: &str, _user: &str) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
+
+    /// (1.1) The room's read markers, the `limit` most recently moved.
+    async fn read_markers(&self, _room: &str, _limit: usize) -> Result<Vec<(String, u64)>, BusError> {
+        Err(BusError::Unsupported("read markers"))
+    }
 
     /// A local connection joins `room`. When this returns, every message
     /// published to the room from now on reaches the node's sink, so a

@@ -103,6 +103,8 @@ async fn a_killed_persister_is_taken_over_without_loss_or_duplicates() {
             ephemeral: false,
             nonce: None,
             reply_to: None,
+            change: None,
+            moderator: false,
         };
         acked.push((room.to_string(), bus.publish(msg).await.unwrap().id));
         if i == 1500 {

@@ -415,6 +415,8 @@ async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> R
         ephemeral: false,
         nonce: None,
         reply_to: None,
+        change: None,
+        moderator: false,
     };
     match node.bus.publish(msg).await {
         Ok(p) => json(

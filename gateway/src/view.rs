@@ -17,5 +17,7 @@ pub(crate) fn view(m: &StoredMessage) -> MsgView<'_> {
         ts: m.ts,
         body: &m.body,
         reply_to: m.reply_to,
+        change: m.change.as_ref(),
+        state: Some(&m.state),
     }
 }

@@ -5,6 +5,7 @@
 //! by PROTOCOL.md. Strings go through serde_json's escaper.
 
 use crate::codes::ErrorCode;
+use crate::event::{Change, ChangeKind, MessageState};
 
 /// A JSON object under construction: `Obj::new("ok").id(id).str("room", r).finish()`.
 pub struct Obj {
@@ -106,28 +107,68 @@ pub struct MsgView<'a> {
     pub body: &'a str,
     /// (1.1) The message this one replies to.
     pub reply_to: Option<u64>,
+    /// (1.1) Set when the entry is an event on an earlier message (`edit`,
+    /// `delete`, `react`, `unreact`) rather than a message.
+    pub change: Option<&'a Change>,
+    /// (1.1) A message's state after its events (history), when not plain.
+    pub state: Option<&'a MessageState>,
 }
 
-/// `{"op":"msg","room":..,"msg":"<id>","from":..,"ts":..,"body":..}`
+/// `{"op":"msg","room":..,"msg":"<id>","from":..,"ts":..,"body":..}`, or for
+/// an event entry `{"op":"edit"|..,"room":..,"msg":"<event id>","target":..}`.
 pub fn msg_event(m: MsgView<'_>) -> Vec<u8> {
+    let op = m.change.map_or("msg", |c| c.kind.op());
     msg_obj(
-        Obj::with_capacity("msg", 80 + m.room.len() + m.from.len() + m.body.len()),
+        Obj::with_capacity(op, 80 + m.room.len() + m.from.len() + m.body.len()),
         m,
     )
     .finish()
 }
 
 fn msg_obj(o: Obj, m: MsgView<'_>) -> Obj {
-    let o = o
-        .str("room", m.room)
-        .msg_id("msg", m.id)
-        .str("from", m.from)
-        .num("ts", m.ts);
+    let o = o.str("room", m.room).msg_id("msg", m.id);
+    let o = match m.change {
+        Some(c) => o.msg_id("target", c.target),
+        None => o,
+    };
+    let o = o.str("from", m.from).num("ts", m.ts);
     let o = match m.reply_to {
         Some(r) => o.msg_id("reply_to", r),
         None => o,
     };
-    o.raw("body", m.body.as_bytes())
+    if let Some(c) = m.change {
+        return match &c.kind {
+            ChangeKind::Edit => o.raw("body", m.body.as_bytes()),
+            ChangeKind::Delete => o,
+            ChangeKind::React(k) | ChangeKind::Unreact(k) => o.str("key", k),
+        };
+    }
+    let Some(state) = m.state.filter(|s| !s.is_plain()) else {
+        return o.raw("body", m.body.as_bytes());
+    };
+    if state.deleted {
+        return o.bool("deleted", true);
+    }
+    let mut o = o.raw("body", m.body.as_bytes());
+    if let Some(at) = state.edited {
+        o = o.num("edited", at);
+    }
+    if !state.reactions.is_empty() {
+        o.key("reactions");
+        o.buf.push(b'{');
+        for (i, r) in state.reactions.iter().enumerate() {
+            if i > 0 {
+                o.buf.push(b',');
+            }
+            push_str(&mut o.buf, &r.key);
+            o.buf.extend_from_slice(b":{\"count\":");
+            o.buf.extend_from_slice(r.count.to_string().as_bytes());
+            o.buf
+                .extend_from_slice(if r.me { b",\"me\":true}" } else { b",\"me\":false}" });
+        }
+        o.buf.push(b'}');
+    }
+    o
 }
 
 /// `{"op":"history","id":..,"room":..,"messages":[<msg>...]}`
@@ -143,6 +184,22 @@ pub fn history_reply<'a>(id: Option<i64>, room: &str, messages: impl IntoIterato
     }
     o.buf.push(b']');
     o.finish()
+}
+
+/// `{"<name>":"<id>",...}`: (1.1) the `read` object of `receipts`.
+pub fn id_map<'a>(entries: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<u8> {
+    let mut buf = vec![b'{'];
+    for (i, (name, id)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        push_str(&mut buf, name);
+        buf.extend_from_slice(b":\"");
+        buf.extend_from_slice(id.to_string().as_bytes());
+        buf.push(b'"');
+    }
+    buf.push(b'}');
+    buf
 }
 
 /// `{"op":"error","id":..,"code":..,"message":..}`
@@ -176,6 +233,8 @@ mod tests {
             ts: 5,
             body: r#"{"a":[1]}"#,
             reply_to: None,
+            change: None,
+            state: None,
         }));
         assert_eq!(
             v,
@@ -188,8 +247,92 @@ mod tests {
             ts: 5,
             body: "1",
             reply_to: Some(7),
+            change: None,
+            state: None,
         }));
         assert_eq!(reply["reply_to"], "7", "{reply}");
+    }
+
+    #[test]
+    fn events_and_folded_state() {
+        let base = MsgView {
+            room: "r",
+            id: 9,
+            from: "u",
+            ts: 5,
+            body: r#"{"t":"new"}"#,
+            reply_to: None,
+            change: None,
+            state: None,
+        };
+        let edit = Change {
+            target: 3,
+            kind: ChangeKind::Edit,
+        };
+        assert_eq!(
+            json(msg_event(MsgView {
+                change: Some(&edit),
+                ..base
+            })),
+            serde_json::json!({"op":"edit","room":"r","msg":"9","target":"3","from":"u","ts":5,"body":{"t":"new"}})
+        );
+        let react = Change {
+            target: 3,
+            kind: ChangeKind::React("👍".into()),
+        };
+        assert_eq!(
+            json(msg_event(MsgView {
+                change: Some(&react),
+                ..base
+            })),
+            serde_json::json!({"op":"react","room":"r","msg":"9","target":"3","from":"u","ts":5,"key":"👍"})
+        );
+        let delete = Change {
+            target: 3,
+            kind: ChangeKind::Delete,
+        };
+        assert_eq!(
+            json(msg_event(MsgView {
+                change: Some(&delete),
+                ..base
+            })),
+            serde_json::json!({"op":"delete","room":"r","msg":"9","target":"3","from":"u","ts":5})
+        );
+        let state = MessageState {
+            edited: Some(8),
+            deleted: false,
+            reactions: vec![
+                crate::event::Reaction {
+                    key: "👍".into(),
+                    count: 2,
+                    me: true,
+                },
+                crate::event::Reaction {
+                    key: "x\"".into(),
+                    count: 1,
+                    me: false,
+                },
+            ],
+        };
+        assert_eq!(
+            json(msg_event(MsgView {
+                state: Some(&state),
+                ..base
+            })),
+            serde_json::json!({"op":"msg","room":"r","msg":"9","from":"u","ts":5,"body":{"t":"new"},"edited":8,
+                "reactions":{"👍":{"count":2,"me":true},"x\"":{"count":1,"me":false}}})
+        );
+        let gone = MessageState {
+            deleted: true,
+            ..MessageState::default()
+        };
+        assert_eq!(
+            json(msg_event(MsgView {
+                state: Some(&gone),
+                ..base
+            })),
+            serde_json::json!({"op":"msg","room":"r","msg":"9","from":"u","ts":5,"deleted":true})
+        );
     }
 
     #[test]
@@ -219,10 +362,17 @@ mod tests {
             ts: 2,
             body: "null",
             reply_to: None,
+            change: None,
+            state: None,
         };
         let h = json(history_reply(Some(4), "r", [m, MsgView { id: 2, ..m }]));
         assert_eq!(h["messages"].as_array().unwrap().len(), 2);
         assert_eq!(h["messages"][1]["msg"], "2");
+        assert_eq!(
+            json(id_map([("u\"1", 5), ("u2", u64::MAX)])),
+            serde_json::json!({"u\"1":"5","u2":"18446744073709551615"})
+        );
+        assert_eq!(json(id_map([])), serde_json::json!({}));
         assert_eq!(
             json(history_reply(None, "r", [])),
             serde_json::json!({"op":"history","room":"r","messages":[]})

@@ -8,6 +8,8 @@
 //!   message, so the gateway can hand the same bytes to every connection.
 //! - [`room`] validates room names and matches the `rooms` claim patterns.
 //! - [`codes`]: the error codes and WebSocket close codes PROTOCOL.md names.
+//! - [`event`] (1.1): edits, deletions and reactions, and the message
+//!   state they fold into.
 //! - [`id`] packs message ids (milliseconds and a sequence) into 64 bits.
 
 #![forbid(unsafe_code)]
@@ -15,6 +17,7 @@
 pub mod body;
 pub mod codes;
 pub mod encode;
+pub mod event;
 pub mod id;
 pub mod request;
 pub mod room;
@@ -22,4 +25,5 @@ pub mod user;
 
 pub use body::MAX_BODY_DEPTH;
 pub use codes::{ErrorCode, close};
+pub use event::{Change, ChangeKind, MessageState, Reaction};
 pub use request::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, ParseError, Request, parse_request};

@@ -15,6 +15,7 @@ use simd_json::{BorrowedValue, Buffers, ErrorType};
 
 use crate::body::{BodyError, MAX_BODY_DEPTH, find_body};
 use crate::codes::ErrorCode;
+use crate::event::{Change, ChangeKind, is_valid_reaction_key};
 use crate::room::is_valid_room;
 
 /// Most messages `history` returns in one page, and the default page.
@@ -71,6 +72,22 @@ pub enum Request {
         room: String,
     },
     Ping,
+    /// (1.1) `edit`, `delete`, `react`, `unreact`: an event on message
+    /// `change.target`; `body` is the new body of an edit.
+    Change {
+        room: String,
+        change: Change,
+        body: Option<String>,
+    },
+    /// (1.1) Moves the user's read marker forward.
+    Read {
+        room: String,
+        msg: u64,
+    },
+    /// (1.1) The room's read markers.
+    Receipts {
+        room: String,
+    },
 }
 
 impl Request {
@@ -85,6 +102,9 @@ impl Request {
             Request::Presence { .. } => "presence",
             Request::Typing { .. } => "typing",
             Request::Ping => "ping",
+            Request::Change { change, .. } => change.kind.op(),
+            Request::Read { .. } => "read",
+            Request::Receipts { .. } => "receipts",
         }
     }
 }
@@ -211,6 +231,41 @@ pub fn parse_request(buf: &mut [u8]) -> Result<(Option<i64>, Request), ParseErro
             room: room(&value, id)?,
         },
         "ping" => Request::Ping,
+        "edit" | "delete" | "react" | "unreact" => {
+            let room = room(&value, id)?;
+            let target = msg(&value, id)?;
+            let key = || match opt_str(&value, "key", id)? {
+                None => Err(bad(id, "missing \"key\"".into())),
+                Some(k) if is_valid_reaction_key(k) => Ok(k.to_owned()),
+                Some(_) => Err(bad(
+                    id,
+                    "invalid key: use 1 to 32 bytes of text without control characters".into(),
+                )),
+            };
+            let kind = match op {
+                "edit" => ChangeKind::Edit,
+                "delete" => ChangeKind::Delete,
+                "react" => ChangeKind::React(key()?),
+                _ => ChangeKind::Unreact(key()?),
+            };
+            let body = match (&kind, body) {
+                (ChangeKind::Edit, None) => return Err(bad(id, "missing \"body\"".into())),
+                (ChangeKind::Edit, b) => b,
+                _ => None,
+            };
+            Request::Change {
+                room,
+                change: Change { target, kind },
+                body,
+            }
+        }
+        "read" => Request::Read {
+            room: room(&value, id)?,
+            msg: msg(&value, id)?,
+        },
+        "receipts" => Request::Receipts {
+            room: room(&value, id)?,
+        },
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(bad(id, format!("unknown op {shown:?}")));
@@ -272,6 +327,11 @@ fn room(value: &BorrowedValue<'_>, id: Option<i64>) -> Result<String, ParseError
     }
 }
 
+/// The required `msg` of the (1.1) ops that name a message.
+fn msg(value: &BorrowedValue<'_>, id: Option<i64>) -> Result<u64, ParseError> {
+    opt_msg_id(value, "msg", id)?.ok_or_else(|| bad(id, "missing \"msg\"".into()))
+}
+
 /// A message id: a decimal string (as the server sends them) or a
 /// non-negative integer.
 fn opt_msg_id(value: &BorrowedValue<'_>, key: &str, id: Option<i64>) -> Result<Option<u64>, ParseError> {
@@ -298,6 +358,51 @@ mod tests {
 
     fn parse(s: &str) -> Result<(Option<i64>, Request), ParseError> {
         parse_request(&mut s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_the_v1_1_event_ops() {
+        let change = |frame: &str| match parse(frame).unwrap().1 {
+            Request::Change { room, change, body } => (room, change, body),
+            other => panic!("{frame}: {other:?}"),
+        };
+        assert_eq!(
+            change(r#"{"op":"edit","room":"r","msg":"7","body":{"t":"x"}}"#),
+            (
+                "r".into(),
+                Change {
+                    target: 7,
+                    kind: ChangeKind::Edit
+                },
+                Some(r#"{"t":"x"}"#.into())
+            )
+        );
+        assert_eq!(
+            change(r#"{"op":"delete","room":"r","msg":7,"body":1}"#).1.kind,
+            ChangeKind::Delete
+        );
+        assert_eq!(
+            change(r#"{"op":"react","room":"r","msg":"7","key":"👍"}"#).1.kind,
+            ChangeKind::React("👍".into())
+        );
+        assert_eq!(
+            change(r#"{"op":"unreact","room":"r","msg":"7","key":"+1"}"#).1.kind,
+            ChangeKind::Unreact("+1".into())
+        );
+        assert_eq!(
+            parse(r#"{"op":"read","id":3,"room":"r","msg":"9"}"#).unwrap(),
+            (
+                Some(3),
+                Request::Read {
+                    room: "r".into(),
+                    msg: 9
+                }
+            )
+        );
+        assert_eq!(
+            parse(r#"{"op":"receipts","room":"r"}"#).unwrap().1,
+            Request::Receipts { room: "r".into() }
+        );
     }
 
     #[test]
@@ -512,6 +617,21 @@ mod tests {
                 Some(8),
             ),
             (r#"{"op":"auth","id":9,"token":5}"#, Some(9)),
+            (r#"{"op":"edit","id":10,"room":"r","msg":"1"}"#, Some(10)),
+            (r#"{"op":"edit","id":10,"room":"r","body":1}"#, Some(10)),
+            (r#"{"op":"delete","id":11,"room":"r","msg":"x"}"#, Some(11)),
+            (r#"{"op":"react","id":12,"room":"r","msg":"1"}"#, Some(12)),
+            (r#"{"op":"react","id":12,"room":"r","msg":"1","key":""}"#, Some(12)),
+            (
+                r#"{"op":"unreact","id":12,"room":"r","msg":"1","key":"a\nb"}"#,
+                Some(12),
+            ),
+            (
+                r#"{"op":"react","id":12,"room":"r","msg":"1","key":"123456789012345678901234567890123"}"#,
+                Some(12),
+            ),
+            (r#"{"op":"read","id":13,"room":"r"}"#, Some(13)),
+            (r#"{"op":"receipts","id":14}"#, Some(14)),
         ] {
             let err = parse(frame).expect_err(frame);
             assert_eq!(err.code, ErrorCode::BadRequest, "{frame}");

@@ -76,4 +76,52 @@ impl<S: HistoryStore> HistoryStore for Instrumented<S> {
         self.read.record(started, &r);
         r
     }
+
+    async fn message(&self, room: &str, id: u64) -> Result<Option<StoredMessage>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.message(room, id).await;
+        self.read.record(started, &r);
+        r
+    }
+
+    async fn reactions_by(
+        &self,
+        room: &str,
+        user: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, String)>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.reactions_by(room, user, from, to).await;
+        self.read.record(started, &r);
+        r
+    }
+
+    async fn entries_after(&self, room: &str, since: u64, limit: usize) -> Result<Vec<StoredMessage>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.entries_after(room, since, limit).await;
+        self.read.record(started, &r);
+        r
+    }
+
+    async fn mark_read(&self, room: &str, user: &str, msg: u64, at: u64) -> Result<bool, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.mark_read(room, user, msg, at).await;
+        self.write.record(started, &r);
+        r
+    }
+
+    async fn read_marker(&self, room: &str, user: &str) -> Result<Option<u64>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.read_marker(room, user).await;
+        self.read.record(started, &r);
+        r
+    }
+
+    async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.read_markers(room, limit).await;
+        self.read.record(started, &r);
+        r
+    }
 }

@@ -13,26 +13,32 @@
 //!
 //! This crate knows nothing of the bus or of WebSockets: it stores
 //! messages by `(room, id)` and pages them back in ascending id order
-//! (ids are `protocol::id`s).
+//! (ids are `protocol::id`s). (1.1) It also stores events on messages
+//! (edits, deletions, reactions), folded at write time into each message's
+//! state so a page never scans them, and read markers: `SCHEMA.md` beside
+//! this crate lays out the tables of both stores.
 
 #![forbid(unsafe_code)]
 
 pub mod cql;
 pub mod embedded;
+mod fold;
 pub mod instrumented;
 mod metrics;
 #[cfg(test)]
 mod suite;
 
 use async_trait::async_trait;
+pub use protocol::event::{Change, ChangeKind, MessageState, Reaction};
 
 pub use cql::{CqlConfig, CqlStore, Replication};
 pub use embedded::EmbeddedStore;
 pub use instrumented::Instrumented;
 pub use metrics::describe as describe_metrics;
 
-/// One chat message as history keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One entry of a room as history keeps it: a chat message, or (1.1) an
+/// event on an earlier message (`change`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredMessage {
     pub room: String,
     /// 64-bit, strictly ascending within the room (see `protocol::id`).
@@ -44,6 +50,26 @@ pub struct StoredMessage {
     pub body: String,
     /// (1.1) The message this one replies to.
     pub reply_to: Option<u64>,
+    /// (1.1) Set on an event entry: the message it changes, and how. The
+    /// `body` is then an edit's new body, or empty.
+    pub change: Option<Change>,
+    /// (1.1) A message's state after its events, as reads of history
+    /// return it (the `body` is then the latest one). Ignored by `append`.
+    pub state: MessageState,
+}
+
+impl StoredMessage {
+    /// A plain message (no reply, no change, no state).
+    pub fn new(room: impl Into<String>, id: u64, from: impl Into<String>, ts: u64, body: impl Into<String>) -> Self {
+        StoredMessage {
+            room: room.into(),
+            id,
+            from: from.into(),
+            ts,
+            body: body.into(),
+            ..StoredMessage::default()
+        }
+    }
 }
 
 /// Which slice of a room's history to read. Results are always ascending.
@@ -96,9 +122,42 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Stores the messages durably (one batch, in any room order).
     async fn append(&self, messages: Vec<StoredMessage>) -> Result<AppendReport, StorageError>;
 
-    /// Up to `limit` messages of `room`, ascending by id.
+    /// Up to `limit` messages of `room`, ascending by id, each in its
+    /// current state (1.1: the latest body, `edited`, `deleted` with an
+    /// empty body, reaction counts with `me` false). Never events.
     async fn page(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, StorageError>;
 
-    /// The highest id stored for `room`.
+    /// The highest id stored for `room` (message or event).
     async fn last_id(&self, room: &str) -> Result<Option<u64>, StorageError>;
+
+    /// (1.1) One message of `room` in its current state; `None` when no
+    /// message has that id (events are not messages).
+    async fn message(&self, room: &str, id: u64) -> Result<Option<StoredMessage>, StorageError>;
+
+    /// (1.1) The reactions `user` holds on the messages `from..=to` of
+    /// `room`: (message id, key), ascending by message.
+    async fn reactions_by(
+        &self,
+        room: &str,
+        user: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, String)>, StorageError>;
+
+    /// (1.1) Up to `limit` entries of `room` after `since`, messages and
+    /// events, ascending: what `join` with `since` replays. Messages come
+    /// edited or deleted as they are now but without their reactions (the
+    /// replayed react events that follow them carry those).
+    async fn entries_after(&self, room: &str, since: u64, limit: usize) -> Result<Vec<StoredMessage>, StorageError>;
+
+    /// (1.1) Moves `user`'s read marker in `room` to `msg` at `at` (ms)
+    /// when that is forward; says whether it moved.
+    async fn mark_read(&self, room: &str, user: &str, msg: u64, at: u64) -> Result<bool, StorageError>;
+
+    /// (1.1) `user`'s read marker in `room`.
+    async fn read_marker(&self, room: &str, user: &str) -> Result<Option<u64>, StorageError>;
+
+    /// (1.1) The room's read markers, (user, message), the `limit` most
+    /// recently moved first.
+    async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError>;
 }

@@ -4,7 +4,7 @@
 
 use std::ops::RangeInclusive;
 
-use crate::{HistoryStore, Page, StoredMessage};
+use crate::{Change, ChangeKind, HistoryStore, Page, StoredMessage};
 
 /// A message whose content is a function of `(room, id)`.
 pub fn message(room: &str, id: u64) -> StoredMessage {
@@ -15,6 +15,7 @@ pub fn message(room: &str, id: u64) -> StoredMessage {
         ts: id / 1000,
         body: format!("{{\"n\":{id}}}"),
         reply_to: None,
+        ..Default::default()
     }
 }
 
@@ -39,6 +40,115 @@ pub async fn run_all(store: &dyn HistoryStore) {
     across_buckets(store, &room("buckets")).await;
     long_room(store, &room("long")).await;
     replies(store, &room("replies")).await;
+    events_fold_into_history(store, &room("events")).await;
+    read_markers(store, &room("reads")).await;
+}
+
+/// An event entry (1.1) by `from` on `target`.
+pub fn event(room: &str, id: u64, from: &str, target: u64, kind: ChangeKind) -> StoredMessage {
+    let body = if kind == ChangeKind::Edit {
+        format!("{{\"edit\":{id}}}")
+    } else {
+        String::new()
+    };
+    StoredMessage {
+        change: Some(Change { target, kind }),
+        ..StoredMessage::new(room, id, from, id / 1000, body)
+    }
+}
+
+/// (1.1) Edits, deletions and reactions: history shows messages in their
+/// current state and never the events; replay gives both, in order;
+/// a redelivered batch changes nothing.
+pub async fn events_fold_into_history(store: &dyn HistoryStore, room: &str) {
+    let react = |k: &str| ChangeKind::React(k.into());
+    let mut batch = messages(room, 1..=5);
+    batch.extend([
+        event(room, 10, "u2", 2, ChangeKind::Edit),
+        event(room, 11, "u3", 3, ChangeKind::Delete),
+        event(room, 12, "a", 4, react("👍")),
+        event(room, 13, "b", 4, react("👍")),
+        event(room, 14, "a", 4, react("❤")),
+        // Held already: nothing changes.
+        event(room, 15, "a", 4, react("👍")),
+        event(room, 16, "b", 4, ChangeKind::Unreact("👍".into())),
+        // Not held: nothing changes.
+        event(room, 17, "c", 4, ChangeKind::Unreact("❤".into())),
+        event(room, 18, "a", 3, react("x")),
+    ]);
+    let first = store.append(batch.clone()).await.unwrap();
+    assert_eq!((first.written, first.duplicates), (batch.len(), 0));
+
+    let check = |page: Vec<StoredMessage>| {
+        assert_eq!(ids(&page), vec![1, 2, 3, 4, 5], "history has messages only");
+        assert_eq!(page[1].body, "{\"edit\":10}");
+        assert_eq!(page[1].state.edited, Some(0));
+        assert!(page[2].state.deleted && page[2].body.is_empty(), "{:?}", page[2]);
+        assert!(page[2].state.reactions.is_empty(), "no reactions on a deleted message");
+        let counts: Vec<(&str, u32)> = page[3]
+            .state
+            .reactions
+            .iter()
+            .map(|r| (r.key.as_str(), r.count))
+            .collect();
+        assert_eq!(counts, vec![("❤", 1), ("👍", 1)]);
+        assert!(page[0].state.is_plain() && page[4].state.is_plain());
+        assert_eq!(page[0], message(room, 1));
+    };
+    check(store.page(room, Page::Newest, 50).await.unwrap());
+    assert_eq!(ids(&store.page(room, Page::Before(4), 2).await.unwrap()), vec![2, 3]);
+    assert_eq!(
+        store.reactions_by(room, "a", 1, 5).await.unwrap(),
+        vec![(4, "❤".to_string()), (4, "👍".to_string())]
+    );
+    assert!(store.reactions_by(room, "a", 5, 9).await.unwrap().is_empty());
+    assert!(store.reactions_by(room, "b", 1, 5).await.unwrap().is_empty());
+    let three = store.message(room, 3).await.unwrap().unwrap();
+    assert!(three.state.deleted);
+    assert_eq!(store.message(room, 2).await.unwrap().unwrap().body, "{\"edit\":10}");
+    assert_eq!(
+        store.message(room, 12).await.unwrap(),
+        None,
+        "an event is not a message"
+    );
+    assert_eq!(store.message(room, 99).await.unwrap(), None);
+    assert_eq!(store.last_id(room).await.unwrap(), Some(18));
+
+    let replay = store.entries_after(room, 0, 100).await.unwrap();
+    assert_eq!(ids(&replay), vec![1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16, 17, 18]);
+    assert!(replay[3].state.reactions.is_empty(), "react events carry the reactions");
+    assert_eq!(replay[5], batch[5], "events as stored");
+    assert_eq!(replay[13], batch[13]);
+    assert_eq!(ids(&store.entries_after(room, 3, 4).await.unwrap()), vec![4, 5, 10, 11]);
+    assert_eq!(
+        ids(&store.entries_after(room, 14, 10).await.unwrap()),
+        vec![15, 16, 17, 18]
+    );
+
+    // Redelivered: duplicates, and the state is as it was.
+    let again = store.append(batch.clone()).await.unwrap();
+    assert_eq!((again.written, again.duplicates), (0, batch.len()));
+    check(store.page(room, Page::Newest, 50).await.unwrap());
+}
+
+/// (1.1) Read markers move forward only; the most recently moved first.
+pub async fn read_markers(store: &dyn HistoryStore, room: &str) {
+    assert_eq!(store.read_marker(room, "a").await.unwrap(), None);
+    assert!(store.mark_read(room, "a", 5, 100).await.unwrap());
+    assert!(!store.mark_read(room, "a", 3, 101).await.unwrap(), "never back");
+    assert!(
+        !store.mark_read(room, "a", 5, 102).await.unwrap(),
+        "same place: not moved"
+    );
+    assert_eq!(store.read_marker(room, "a").await.unwrap(), Some(5));
+    assert!(store.mark_read(room, "b", 2, 103).await.unwrap());
+    assert_eq!(
+        store.read_markers(room, 10).await.unwrap(),
+        vec![("b".to_string(), 2), ("a".to_string(), 5)]
+    );
+    assert_eq!(store.read_markers(room, 1).await.unwrap(), vec![("b".to_string(), 2)]);
+    assert!(store.mark_read(room, "a", u64::MAX, 104).await.unwrap());
+    assert_eq!(store.read_marker(room, "a").await.unwrap(), Some(u64::MAX));
 }
 
 /// (1.1) A message's `reply_to` is kept; messages without one read back

@@ -21,6 +21,7 @@ fn message(room: &str, id: u64) -> StoredMessage {
         ts: id >> 22,
         body: format!("{{\"room\":\"{room}\",\"n\":\"{id}\"}}"),
         reply_to: None,
+        ..Default::default()
     }
 }
 

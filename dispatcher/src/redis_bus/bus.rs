@@ -214,6 +214,11 @@ fn published(id: u64, duplicate: bool) -> Published {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, msg: NewMessage) -> Result<Published, BusError> {
+        if msg.change.is_some() {
+            // Not yet: the shard streams carry messages only, and nothing
+            // here judges an event against its target's state.
+            return Err(BusError::Unsupported("edits, deletions and reactions"));
+        }
         self.publish_batch(vec![msg])
             .await
             .pop()
@@ -221,6 +226,12 @@ impl Bus for RedisBus {
     }
 
     async fn publish_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Published, BusError>> {
+        if msgs.iter().any(|m| m.change.is_some()) {
+            return msgs
+                .iter()
+                .map(|_| Err(BusError::Unsupported("edits, deletions and reactions")))
+                .collect();
+        }
         // One pipeline per shard stream (a cluster routes a pipeline by its
         // first key), all at once; order within a stream is kept.
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
@@ -310,6 +321,40 @@ impl Bus for RedisBus {
         let r = self.window.history(room, page, limit).await;
         crate::metrics::get().history.record(started, &r);
         r
+    }
+
+    // (1.1) Read markers and reactions live in the store; without one a
+    // cluster keeps none yet.
+    async fn reactions_by(&self, room: &str, user: &str, from: u64, to: u64) -> Result<Vec<(u64, String)>, BusError> {
+        match &self.window.store {
+            Some(store) => Ok(store.reactions_by(room, user, from, to).await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn mark_read(&self, room: &str, user: &str, msg: u64) -> Result<bool, BusError> {
+        let store = self
+            .window
+            .store
+            .as_ref()
+            .ok_or(BusError::Unsupported("read markers without a store"))?;
+        Ok(store.mark_read(room, user, msg, protocol::id::now_ms()).await?)
+    }
+
+    async fn read_marker(&self, room: &str, user: &str) -> Result<Option<u64>, BusError> {
+        match &self.window.store {
+            Some(store) => Ok(store.read_marker(room, user).await?),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, BusError> {
+        let store = self
+            .window
+            .store
+            .as_ref()
+            .ok_or(BusError::Unsupported("read markers without a store"))?;
+        Ok(store.read_markers(room, limit).await?)
     }
 
     async fn watch(&self, room: &str) -> Result<(), BusError> {

@@ -250,6 +250,7 @@ impl Entry {
                     ts: protocol::id::millis(id),
                     body: field(&entry.map, "b")?,
                     reply_to: field(&entry.map, "p").and_then(|p| p.parse().ok()),
+                    ..Default::default()
                 },
                 ephemeral: kind == "e",
             },
@@ -398,6 +399,8 @@ mod tests {
             ephemeral: false,
             nonce: None,
             reply_to: None,
+            change: None,
+            moderator: false,
         };
         let e = Entry::decode(&entry("5-1", &message_fields(&msg, None))).unwrap();
         let stored = e.clone().into_stored().unwrap();

@@ -268,6 +268,7 @@ mod tests {
             ts: 0,
             body: "1".into(),
             reply_to: None,
+            ..Default::default()
         };
         let ids = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
         assert_eq!(

@@ -26,13 +26,15 @@ use crate::Node;
 
 /// Request ops, as `protocol::Request::op` names them (the `op` label), in
 /// [`op_of`] order.
-pub const OPS: [&str; 9] = [
-    "auth", "refresh", "join", "leave", "send", "history", "presence", "typing", "ping",
+pub const OPS: [&str; 15] = [
+    "auth", "refresh", "join", "leave", "send", "history", "presence", "typing", "ping", "edit", "delete", "react",
+    "unreact", "read", "receipts",
 ];
 /// The `op` of an error that answers a frame that was no request.
 pub const INVALID_OP: u8 = OPS.len() as u8;
 const ERROR_OPS: [&str; OPS.len() + 1] = [
-    "auth", "refresh", "join", "leave", "send", "history", "presence", "typing", "ping", "invalid",
+    "auth", "refresh", "join", "leave", "send", "history", "presence", "typing", "ping", "edit", "delete", "react",
+    "unreact", "read", "receipts", "invalid",
 ];
 
 const CLOSE_CODES: [&str; 12] = [
@@ -219,6 +221,14 @@ pub fn op_of(req: &protocol::Request) -> u8 {
         Presence { .. } => 6,
         Typing { .. } => 7,
         Ping => 8,
+        Change { change, .. } => match change.kind {
+            protocol::ChangeKind::Edit => 9,
+            protocol::ChangeKind::Delete => 10,
+            protocol::ChangeKind::React(_) => 11,
+            protocol::ChangeKind::Unreact(_) => 12,
+        },
+        Read { .. } => 13,
+        Receipts { .. } => 14,
     }
 }
 
@@ -294,6 +304,12 @@ mod tests {
             r#"{"op":"presence","room":"r"}"#,
             r#"{"op":"typing","room":"r"}"#,
             r#"{"op":"ping"}"#,
+            r#"{"op":"edit","room":"r","msg":"1","body":1}"#,
+            r#"{"op":"delete","room":"r","msg":"1"}"#,
+            r#"{"op":"react","room":"r","msg":"1","key":"k"}"#,
+            r#"{"op":"unreact","room":"r","msg":"1","key":"k"}"#,
+            r#"{"op":"read","room":"r","msg":"1"}"#,
+            r#"{"op":"receipts","room":"r"}"#,
         ];
         assert_eq!(frames.len(), OPS.len());
         for frame in frames {

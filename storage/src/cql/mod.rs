@@ -9,6 +9,8 @@
 //!   page is one read.
 //! - `room_buckets`: the buckets a room has data in, newest first, so
 //!   paging walks only non-empty buckets and stops at the room's first.
+//! - (1.1) `events`, `message_state`, `reactions`, `read_markers`: see
+//!   [`events`], which writes and reads them.
 //!
 //! Every data query is a prepared statement (token- and shard-aware routing
 //! in the driver); reads page through the driver's pager. Appends read
@@ -26,6 +28,8 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::{AppendReport, HistoryStore, Page, StorageError, StoredMessage};
+
+mod events;
 
 /// Reads in flight at once during an append.
 const APPEND_CONCURRENCY: usize = 64;
@@ -99,12 +103,14 @@ pub struct CqlStore {
     insert: PreparedStatement,
     insert_bucket: PreparedStatement,
     get_one: PreparedStatement,
+    get_full: PreparedStatement,
     buckets_down: PreparedStatement,
     buckets_up: PreparedStatement,
     newest_in: PreparedStatement,
     before_in: PreparedStatement,
     after_in: PreparedStatement,
     oldest_in: PreparedStatement,
+    events: events::Statements,
 }
 
 fn cql_err(op: &'static str) -> impl Fn(String) -> StorageError {
@@ -145,7 +151,7 @@ impl CqlStore {
                 detail: format!("{}: {e}", cfg.nodes.join(",")),
             })?;
         let ks = &cfg.keyspace;
-        let ddl = [
+        let mut ddl = vec![
             format!(
                 "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
                 cfg.replication.cql()
@@ -160,6 +166,7 @@ impl CqlStore {
                  WITH CLUSTERING ORDER BY (bucket DESC)"
             ),
         ];
+        ddl.extend(events::ddl(ks));
         for stmt in &ddl {
             session
                 .query_unpaged(stmt.as_str(), &[])
@@ -199,6 +206,11 @@ impl CqlStore {
                 "SELECT sender, ts, body FROM {ks}.messages WHERE room = ? AND bucket = ? AND ms = ? AND seq = ?"
             ))
             .await?,
+            get_full: prepare(format!(
+                "SELECT {cols} FROM {ks}.messages WHERE room = ? AND bucket = ? AND ms = ? AND seq = ?"
+            ))
+            .await?,
+            events: events::Statements::prepare(&session, ks).await?,
             buckets_down: prepare(format!(
                 "SELECT bucket FROM {ks}.room_buckets WHERE room = ? AND bucket <= ?"
             ))
@@ -273,6 +285,7 @@ impl CqlStore {
                 ts: ts as u64,
                 body,
                 reply_to: reply_to.map(|r| r as u64),
+                ..Default::default()
             });
         }
         Ok(())
@@ -281,12 +294,14 @@ impl CqlStore {
 
 #[async_trait]
 impl HistoryStore for CqlStore {
-    async fn append(&self, messages: Vec<StoredMessage>) -> Result<AppendReport, StorageError> {
+    async fn append(&self, entries: Vec<StoredMessage>) -> Result<AppendReport, StorageError> {
         let started = Instant::now();
         let m = crate::metrics::get();
+        let (events, messages): (Vec<&StoredMessage>, Vec<&StoredMessage>) =
+            entries.iter().partition(|e| e.change.is_some());
         // What is already stored under these ids?
         let mut reads = Vec::with_capacity(messages.len());
-        for msg in &messages {
+        for &msg in &messages {
             let (bucket, ms, seq) = self.split(msg.id);
             reads.push(async move {
                 let e = cql_err("read before write");
@@ -304,7 +319,7 @@ impl HistoryStore for CqlStore {
             bounded(reads).await.into_iter().collect::<Result<_, _>>()?;
         let mut report = AppendReport::default();
         let mut partitions: HashMap<(&str, i64), Vec<&StoredMessage>> = HashMap::new();
-        for (msg, found) in messages.iter().zip(existing) {
+        for (&msg, found) in messages.iter().zip(existing) {
             match found {
                 Some((sender, ts, body)) if sender == msg.from && ts as u64 == msg.ts && body == msg.body => {
                     report.duplicates += 1
@@ -357,8 +372,10 @@ impl HistoryStore for CqlStore {
         for r in bounded(writes).await {
             r.map_err(|e| cql_err("insert")(e.to_string()))?;
         }
+        // Events after the messages of the batch: their targets are stored.
+        self.append_events(&events, &mut report).await?;
         m.commit_seconds.record(started.elapsed().as_secs_f64());
-        m.batch_messages.record(messages.len() as f64);
+        m.batch_messages.record(entries.len() as f64);
         m.written.increment(report.written as u64);
         m.duplicates.increment(report.duplicates as u64);
         m.conflicts.increment(report.conflicts.len() as u64);
@@ -412,11 +429,57 @@ impl HistoryStore for CqlStore {
                 out.truncate(limit);
             }
         }
+        self.fold_states(room, &mut out).await?;
         Ok(out)
     }
 
     async fn last_id(&self, room: &str) -> Result<Option<u64>, StorageError> {
-        Ok(self.page(room, Page::Newest, 1).await?.pop().map(|m| m.id))
+        let message = self.page(room, Page::Newest, 1).await?.pop().map(|m| m.id);
+        // Events come after their messages; the newest is past any message.
+        let mut since = message.unwrap_or(0);
+        loop {
+            let events = self.events_after(room, since, 1000).await?;
+            match events.last() {
+                Some(e) => since = e.id,
+                None => break,
+            }
+            if events.len() < 1000 {
+                break;
+            }
+        }
+        Ok(message.max((since > 0).then_some(since)))
+    }
+
+    async fn message(&self, room: &str, id: u64) -> Result<Option<StoredMessage>, StorageError> {
+        self.one_message(room, id).await
+    }
+
+    async fn reactions_by(
+        &self,
+        room: &str,
+        user: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, String)>, StorageError> {
+        self.reactions_of(room, user, from, to).await
+    }
+
+    async fn entries_after(&self, room: &str, since: u64, limit: usize) -> Result<Vec<StoredMessage>, StorageError> {
+        let messages = self.page(room, Page::After(since), limit).await?;
+        let events = self.events_after(room, since, limit).await?;
+        Ok(crate::fold::merge_entries(messages, events, limit))
+    }
+
+    async fn mark_read(&self, room: &str, user: &str, msg: u64, at: u64) -> Result<bool, StorageError> {
+        self.move_marker(room, user, msg, at).await
+    }
+
+    async fn read_marker(&self, room: &str, user: &str) -> Result<Option<u64>, StorageError> {
+        self.marker(room, user).await
+    }
+
+    async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError> {
+        self.markers(room, limit).await
     }
 }
 

@@ -5,8 +5,12 @@
 //! concurrent senders share one fsync. Reads run on the blocking pool and
 //! see every committed append.
 //!
-//! Keys are `room ++ 0x00 ++ id (big-endian)`: room names never contain a
-//! zero byte, so a room's messages are one contiguous, id-ordered range.
+//! Tables and their byte layouts are in [`codec`]. (1.1) Events (edits,
+//! deletions, reactions) are kept twice, as every store keeps them: in
+//! `events`, in the room's order, for `join` with `since`; and folded, in the
+//! write that stores them, into the target's row of `state` (and who holds
+//! which reaction into `reactions`), so a page of history reads its
+//! messages and one state row each, however many events the room has.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,13 +21,33 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use crate::{AppendReport, HistoryStore, Page, StorageError, StoredMessage};
+use self::codec::{
+    decode_event, decode_message, decode_read, decode_state, encode_event, encode_message, encode_read, encode_state,
+    key, reaction_key, reaction_key_end, split_reaction_key, user_key,
+};
+use crate::fold::{fold, merge_entries};
+use crate::{AppendReport, HistoryStore, MessageState, Page, StorageError, StoredMessage};
 
-const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+mod codec;
+
+type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
+const MESSAGES: Table = TableDefinition::new("messages");
+const EVENTS: Table = TableDefinition::new("events");
+const STATE: Table = TableDefinition::new("state");
+const REACTIONS: Table = TableDefinition::new("reactions");
+const READS: Table = TableDefinition::new("reads");
+const TABLES: [Table; 5] = [MESSAGES, EVENTS, STATE, REACTIONS, READS];
 /// Most appends folded into one transaction.
 const MAX_GROUP: usize = 256;
 
-type AppendReply = oneshot::Sender<Result<AppendReport, StorageError>>;
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+/// What the writer thread commits.
+enum Job {
+    Append(Vec<StoredMessage>, Reply<AppendReport>),
+    /// (1.1) Moves a read marker forward: room, user, message, at (ms).
+    MarkRead(String, String, u64, u64, Reply<bool>),
+}
 
 /// Reads in flight at once. Each runs on a blocking thread and holds its
 /// page in memory: a flood of history requests waits here rather than
@@ -33,7 +57,7 @@ const READERS: usize = 4;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     readers: Arc<tokio::sync::Semaphore>,
-    writer: Option<std_mpsc::Sender<(Vec<StoredMessage>, AppendReply)>>,
+    writer: Option<std_mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -58,9 +82,11 @@ impl EmbeddedStore {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))?;
         let db = Arc::new(Database::create(&path).map_err(open_err)?);
-        // Create the table up front so reads never find it missing.
+        // Create the tables up front so reads never find one missing.
         let txn = db.begin_write().map_err(|e| emb("begin", e))?;
-        txn.open_table(MESSAGES).map_err(|e| emb("open table", e))?;
+        for t in TABLES {
+            txn.open_table(t).map_err(|e| emb("open table", e))?;
+        }
         txn.commit().map_err(|e| emb("commit", e))?;
 
         let (tx, rx) = std_mpsc::channel();
@@ -95,6 +121,14 @@ impl EmbeddedStore {
         .await
         .map_err(|e| emb("read task", e))?
     }
+
+    /// Hands a job to the writer thread and waits for its commit.
+    async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StorageError> {
+        let (tx, rx) = oneshot::channel();
+        let writer = self.writer.as_ref().ok_or(StorageError::Closed)?;
+        writer.send(job(tx)).map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
 }
 
 fn emb(op: &'static str, e: impl std::fmt::Display) -> StorageError {
@@ -104,65 +138,7 @@ fn emb(op: &'static str, e: impl std::fmt::Display) -> StorageError {
     }
 }
 
-fn key(room: &str, id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(room.len() + 9);
-    k.extend_from_slice(room.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
-/// Value layout: ts (u64 BE), from length (u16 BE, top bit set when a
-/// `reply_to` follows the sender), from, [reply_to (u64 BE)], body.
-/// Records written before 1.1 have the bit clear and read as before.
-fn encode_value(m: &StoredMessage) -> Vec<u8> {
-    let mut v = Vec::with_capacity(18 + m.from.len() + m.body.len());
-    v.extend_from_slice(&m.ts.to_be_bytes());
-    let flag = if m.reply_to.is_some() { REPLY_FLAG } else { 0 };
-    v.extend_from_slice(&(m.from.len() as u16 | flag).to_be_bytes());
-    v.extend_from_slice(m.from.as_bytes());
-    if let Some(r) = m.reply_to {
-        v.extend_from_slice(&r.to_be_bytes());
-    }
-    v.extend_from_slice(m.body.as_bytes());
-    v
-}
-
-/// Marks a `reply_to` in the sender length (user ids are far shorter).
-const REPLY_FLAG: u16 = 0x8000;
-
-fn decode(room: &str, k: &[u8], v: &[u8]) -> Result<StoredMessage, StorageError> {
-    let bad = || emb("decode", format!("corrupt record in room {room:?}"));
-    let id = u64::from_be_bytes(
-        k.get(k.len().wrapping_sub(8)..)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
-    let ts = u64::from_be_bytes(v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-    let len_field = u16::from_be_bytes(v.get(8..10).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-    let from_len = (len_field & !REPLY_FLAG) as usize;
-    let from = std::str::from_utf8(v.get(10..10 + from_len).ok_or_else(bad)?).map_err(|_| bad())?;
-    let mut rest = 10 + from_len;
-    let reply_to = if len_field & REPLY_FLAG != 0 {
-        let r = u64::from_be_bytes(v.get(rest..rest + 8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-        rest += 8;
-        Some(r)
-    } else {
-        None
-    };
-    let body = std::str::from_utf8(v.get(rest..).ok_or_else(bad)?).map_err(|_| bad())?;
-    Ok(StoredMessage {
-        room: room.to_owned(),
-        id,
-        from: from.to_owned(),
-        ts,
-        body: body.to_owned(),
-        reply_to,
-    })
-}
-
-fn writer_loop(db: &Database, rx: std_mpsc::Receiver<(Vec<StoredMessage>, AppendReply)>) {
+fn writer_loop(db: &Database, rx: std_mpsc::Receiver<Job>) {
     let m = crate::metrics::get();
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -175,58 +151,213 @@ fn writer_loop(db: &Database, rx: std_mpsc::Receiver<(Vec<StoredMessage>, Append
         let started = Instant::now();
         let result = commit_group(db, &group);
         m.commit_seconds.record(started.elapsed().as_secs_f64());
-        m.batch_messages
-            .record(group.iter().map(|(b, _)| b.len()).sum::<usize>() as f64);
+        m.batch_messages.record(
+            group
+                .iter()
+                .map(|j| match j {
+                    Job::Append(b, _) => b.len(),
+                    Job::MarkRead(..) => 0,
+                })
+                .sum::<usize>() as f64,
+        );
         match result {
-            Ok(reports) => {
-                for ((_, reply), report) in group.into_iter().zip(reports) {
-                    m.written.increment(report.written as u64);
-                    m.duplicates.increment(report.duplicates as u64);
-                    m.conflicts.increment(report.conflicts.len() as u64);
-                    let _ = reply.send(Ok(report));
+            Ok(outcomes) => {
+                for (job, outcome) in group.into_iter().zip(outcomes) {
+                    match (job, outcome) {
+                        (Job::Append(_, reply), Outcome::Appended(report)) => {
+                            m.written.increment(report.written as u64);
+                            m.duplicates.increment(report.duplicates as u64);
+                            m.conflicts.increment(report.conflicts.len() as u64);
+                            let _ = reply.send(Ok(report));
+                        }
+                        (Job::MarkRead(.., reply), Outcome::Moved(moved)) => {
+                            let _ = reply.send(Ok(moved));
+                        }
+                        _ => unreachable!("one outcome per job, in order"),
+                    }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "embedded store commit failed");
-                for (_, reply) in group {
-                    let _ = reply.send(Err(emb("commit", &e)));
+                for job in group {
+                    match job {
+                        Job::Append(_, reply) => {
+                            let _ = reply.send(Err(emb("commit", &e)));
+                        }
+                        Job::MarkRead(.., reply) => {
+                            let _ = reply.send(Err(emb("commit", &e)));
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-fn commit_group(db: &Database, group: &[(Vec<StoredMessage>, AppendReply)]) -> Result<Vec<AppendReport>, StorageError> {
+enum Outcome {
+    Appended(AppendReport),
+    Moved(bool),
+}
+
+/// The tables one commit writes.
+struct Tables<'t> {
+    messages: redb::Table<'t, &'static [u8], &'static [u8]>,
+    events: redb::Table<'t, &'static [u8], &'static [u8]>,
+    state: redb::Table<'t, &'static [u8], &'static [u8]>,
+    reactions: redb::Table<'t, &'static [u8], &'static [u8]>,
+    reads: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<Outcome>, StorageError> {
     let txn = db.begin_write().map_err(|e| emb("begin", e))?;
-    let mut reports = Vec::with_capacity(group.len());
+    let mut outcomes = Vec::with_capacity(group.len());
     {
-        let mut table = txn.open_table(MESSAGES).map_err(|e| emb("open table", e))?;
-        for (batch, _) in group {
-            let mut report = AppendReport::default();
-            for m in batch {
-                let k = key(&m.room, m.id);
-                let v = encode_value(m);
-                let existing = table
-                    .get(k.as_slice())
-                    .map_err(|e| emb("get", e))?
-                    .map(|g| g.value() == v.as_slice());
-                match existing {
-                    Some(true) => report.duplicates += 1,
-                    Some(false) => {
-                        tracing::warn!(room = %m.room, id = m.id, "message id already stored with other content; kept the stored one");
-                        report.conflicts.push((m.room.clone(), m.id));
-                    }
-                    None => {
-                        table.insert(k.as_slice(), v.as_slice()).map_err(|e| emb("insert", e))?;
-                        report.written += 1;
-                    }
-                }
-            }
-            reports.push(report);
+        let open = |t| txn.open_table(t).map_err(|e| emb("open table", e));
+        let mut t = Tables {
+            messages: open(MESSAGES)?,
+            events: open(EVENTS)?,
+            state: open(STATE)?,
+            reactions: open(REACTIONS)?,
+            reads: open(READS)?,
+        };
+        for job in group {
+            outcomes.push(match job {
+                Job::Append(batch, _) => Outcome::Appended(append_in(&mut t, batch)?),
+                Job::MarkRead(room, user, msg, at, _) => Outcome::Moved(mark_read_in(&mut t, room, user, *msg, *at)?),
+            });
         }
     }
     txn.commit().map_err(|e| emb("commit", e))?;
-    Ok(reports)
+    Ok(outcomes)
+}
+
+/// Stores one batch: messages into `messages`; events into `events` and,
+/// the first time only, folded into their target's state.
+fn append_in(t: &mut Tables<'_>, batch: &[StoredMessage]) -> Result<AppendReport, StorageError> {
+    let mut report = AppendReport::default();
+    for m in batch {
+        let k = key(&m.room, m.id);
+        let (table, v) = match &m.change {
+            None => (&mut t.messages, encode_message(m)),
+            Some(c) => (&mut t.events, encode_event(m, c)),
+        };
+        let existing = table
+            .get(k.as_slice())
+            .map_err(|e| emb("get", e))?
+            .map(|g| g.value() == v.as_slice());
+        match existing {
+            Some(true) => report.duplicates += 1,
+            Some(false) => {
+                tracing::warn!(room = %m.room, id = m.id, "entry id already stored with other content; kept the stored one");
+                report.conflicts.push((m.room.clone(), m.id));
+            }
+            None => {
+                table.insert(k.as_slice(), v.as_slice()).map_err(|e| emb("insert", e))?;
+                if m.change.is_some() {
+                    fold_in(t, m)?;
+                }
+                report.written += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Applies a newly stored event to its target's state. A reaction the user
+/// already holds (or an unreaction of one they do not) changes nothing.
+fn fold_in(t: &mut Tables<'_>, m: &StoredMessage) -> Result<(), StorageError> {
+    let Some(change) = &m.change else { return Ok(()) };
+    let sk = key(&m.room, change.target);
+    let (state, body) = match t.state.get(sk.as_slice()).map_err(|e| emb("get", e))? {
+        Some(v) => decode_state(&m.room, v.value())?,
+        None => (MessageState::default(), None),
+    };
+    let rk = change
+        .kind
+        .key()
+        .map(|k| reaction_key(&m.room, &m.from, change.target, k));
+    let held = match &rk {
+        Some(k) => t.reactions.get(k.as_slice()).map_err(|e| emb("get", e))?.is_some(),
+        None => false,
+    };
+    let Some(folded) = fold(state, body, m, change, held) else {
+        return Ok(());
+    };
+    match (&rk, folded.holder) {
+        (Some(k), Some(true)) => {
+            t.reactions
+                .insert(k.as_slice(), [].as_slice())
+                .map_err(|e| emb("insert", e))?;
+        }
+        (Some(k), Some(false)) => {
+            t.reactions.remove(k.as_slice()).map_err(|e| emb("remove", e))?;
+        }
+        _ => {}
+    }
+    let v = encode_state(&folded.state, folded.body.as_deref());
+    t.state
+        .insert(sk.as_slice(), v.as_slice())
+        .map_err(|e| emb("insert", e))?;
+    Ok(())
+}
+
+fn mark_read_in(t: &mut Tables<'_>, room: &str, user: &str, msg: u64, at: u64) -> Result<bool, StorageError> {
+    let k = user_key(room, user);
+    let current = match t.reads.get(k.as_slice()).map_err(|e| emb("get", e))? {
+        Some(v) => Some(decode_read(room, v.value())?.0),
+        None => None,
+    };
+    if current.is_some_and(|c| c >= msg) {
+        return Ok(false);
+    }
+    t.reads
+        .insert(k.as_slice(), encode_read(msg, at).as_slice())
+        .map_err(|e| emb("insert", e))?;
+    Ok(true)
+}
+
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// A message with its state folded in: the latest body, `edited`,
+/// `deleted` (no body), reaction counts.
+fn with_state(state: &ReadTable, mut m: StoredMessage) -> Result<StoredMessage, StorageError> {
+    if let Some(v) = state.get(key(&m.room, m.id).as_slice()).map_err(|e| emb("get", e))? {
+        let (s, body) = decode_state(&m.room, v.value())?;
+        if s.deleted {
+            m.body.clear();
+        } else if let Some(b) = body {
+            m.body = b;
+        }
+        m.state = s;
+    }
+    Ok(m)
+}
+
+/// Reads one record: room, key, value.
+type Decode = fn(&str, &[u8], &[u8]) -> Result<StoredMessage, StorageError>;
+
+/// Up to `limit` records of `room` in `table` after `after`, ascending.
+fn range_after(
+    table: &ReadTable,
+    room: &str,
+    after: u64,
+    limit: usize,
+    decode: Decode,
+) -> Result<Vec<StoredMessage>, StorageError> {
+    let mut out = Vec::new();
+    if after == u64::MAX {
+        return Ok(out);
+    }
+    let (lo, hi) = (key(room, after + 1), key(room, u64::MAX));
+    for e in table
+        .range(lo.as_slice()..=hi.as_slice())
+        .map_err(|e| emb("range", e))?
+        .take(limit)
+    {
+        let (k, v) = e.map_err(|e| emb("range", e))?;
+        out.push(decode(room, k.value(), v.value())?);
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -235,10 +366,7 @@ impl HistoryStore for EmbeddedStore {
         if messages.is_empty() {
             return Ok(AppendReport::default());
         }
-        let (tx, rx) = oneshot::channel();
-        let writer = self.writer.as_ref().ok_or(StorageError::Closed)?;
-        writer.send((messages, tx)).map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)?
+        self.write(|reply| Job::Append(messages, reply)).await
     }
 
     async fn page(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, StorageError> {
@@ -246,51 +374,32 @@ impl HistoryStore for EmbeddedStore {
         self.read(move |db| {
             let txn = db.begin_read().map_err(|e| emb("begin read", e))?;
             let table = txn.open_table(MESSAGES).map_err(|e| emb("open table", e))?;
+            let state = txn.open_table(STATE).map_err(|e| emb("open table", e))?;
             let lo = key(&room, 0);
-            let hi = key(&room, u64::MAX);
-            let mut out = Vec::with_capacity(limit.min(512));
-            let mut push = |entry: Result<(redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>), redb::StorageError>| {
-                let (k, v) = entry.map_err(|e| emb("range", e))?;
-                out.push(decode(&room, k.value(), v.value())?);
-                Ok::<_, StorageError>(())
-            };
-            match page {
-                Page::Newest => {
-                    for e in table
-                        .range(lo.as_slice()..=hi.as_slice())
-                        .map_err(|e| emb("range", e))?
-                        .rev()
-                        .take(limit)
-                    {
-                        push(e)?;
-                    }
-                    out.reverse();
-                }
-                Page::Before(id) => {
-                    let upper = key(&room, id);
+            let mut out = match page {
+                Page::Newest | Page::Before(_) => {
+                    let upper = match page {
+                        Page::Before(id) => key(&room, id),
+                        // Past every id of the room.
+                        _ => key(&room, u64::MAX).into_iter().chain([0]).collect(),
+                    };
+                    let mut out = Vec::with_capacity(limit.min(512));
                     for e in table
                         .range(lo.as_slice()..upper.as_slice())
                         .map_err(|e| emb("range", e))?
                         .rev()
                         .take(limit)
                     {
-                        push(e)?;
+                        let (k, v) = e.map_err(|e| emb("range", e))?;
+                        out.push(decode_message(&room, k.value(), v.value())?);
                     }
                     out.reverse();
+                    out
                 }
-                Page::After(id) => {
-                    if id == u64::MAX {
-                        return Ok(out);
-                    }
-                    let lower = key(&room, id + 1);
-                    for e in table
-                        .range(lower.as_slice()..=hi.as_slice())
-                        .map_err(|e| emb("range", e))?
-                        .take(limit)
-                    {
-                        push(e)?;
-                    }
-                }
+                Page::After(id) => range_after(&table, &room, id, limit, decode_message)?,
+            };
+            for m in &mut out {
+                *m = with_state(&state, std::mem::take(m))?;
             }
             Ok(out)
         })
@@ -298,7 +407,121 @@ impl HistoryStore for EmbeddedStore {
     }
 
     async fn last_id(&self, room: &str) -> Result<Option<u64>, StorageError> {
-        Ok(self.page(room, Page::Newest, 1).await?.pop().map(|m| m.id))
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(|e| emb("begin read", e))?;
+            // The newest entry, message or event.
+            let mut last = None;
+            for t in [MESSAGES, EVENTS] {
+                let table = txn.open_table(t).map_err(|e| emb("open table", e))?;
+                let mut range = table
+                    .range(key(&room, 0).as_slice()..=key(&room, u64::MAX).as_slice())
+                    .map_err(|e| emb("range", e))?;
+                if let Some(e) = range.next_back() {
+                    let (k, _) = e.map_err(|e| emb("range", e))?;
+                    let id = codec::key_id(k.value());
+                    last = last.max(id);
+                }
+            }
+            Ok(last)
+        })
+        .await
+    }
+
+    async fn message(&self, room: &str, id: u64) -> Result<Option<StoredMessage>, StorageError> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(|e| emb("begin read", e))?;
+            let table = txn.open_table(MESSAGES).map_err(|e| emb("open table", e))?;
+            let state = txn.open_table(STATE).map_err(|e| emb("open table", e))?;
+            let k = key(&room, id);
+            match table.get(k.as_slice()).map_err(|e| emb("get", e))? {
+                Some(v) => Ok(Some(with_state(&state, decode_message(&room, &k, v.value())?)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn reactions_by(
+        &self,
+        room: &str,
+        user: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, String)>, StorageError> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(|e| emb("begin read", e))?;
+            let table = txn.open_table(REACTIONS).map_err(|e| emb("open table", e))?;
+            let (lo, hi) = (reaction_key(&room, &user, from, ""), reaction_key_end(&room, &user, to));
+            let mut out = Vec::new();
+            for e in table.range(lo.as_slice()..hi.as_slice()).map_err(|e| emb("range", e))? {
+                let (k, _) = e.map_err(|e| emb("range", e))?;
+                out.extend(split_reaction_key(&room, &user, k.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn entries_after(&self, room: &str, since: u64, limit: usize) -> Result<Vec<StoredMessage>, StorageError> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(|e| emb("begin read", e))?;
+            let messages = txn.open_table(MESSAGES).map_err(|e| emb("open table", e))?;
+            let events = txn.open_table(EVENTS).map_err(|e| emb("open table", e))?;
+            let state = txn.open_table(STATE).map_err(|e| emb("open table", e))?;
+            let mut out = range_after(&messages, &room, since, limit, decode_message)?;
+            for m in &mut out {
+                *m = with_state(&state, std::mem::take(m))?;
+            }
+            let events = range_after(&events, &room, since, limit, decode_event)?;
+            Ok(merge_entries(out, events, limit))
+        })
+        .await
+    }
+
+    async fn mark_read(&self, room: &str, user: &str, msg: u64, at: u64) -> Result<bool, StorageError> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.write(|reply| Job::MarkRead(room, user, msg, at, reply)).await
+    }
+
+    async fn read_marker(&self, room: &str, user: &str) -> Result<Option<u64>, StorageError> {
+        let k = user_key(room, user);
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(|e| emb("begin read", e))?;
+            let table = txn.open_table(READS).map_err(|e| emb("open table", e))?;
+            match table.get(k.as_slice()).map_err(|e| emb("get", e))? {
+                Some(v) => Ok(Some(decode_read(&room, v.value())?.0)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(|e| emb("begin read", e))?;
+            let table = txn.open_table(READS).map_err(|e| emb("open table", e))?;
+            let (lo, hi) = (user_key(&room, ""), [room.as_bytes(), &[1]].concat());
+            let mut all = Vec::new();
+            for e in table.range(lo.as_slice()..hi.as_slice()).map_err(|e| emb("range", e))? {
+                let (k, v) = e.map_err(|e| emb("range", e))?;
+                let user = std::str::from_utf8(&k.value()[room.len() + 1..])
+                    .map_err(|_| emb("decode", format!("corrupt read marker in room {room:?}")))?
+                    .to_owned();
+                let (msg, at) = decode_read(&room, v.value())?;
+                all.push((at, user, msg));
+            }
+            // The most recently moved first.
+            all.sort_by_key(|m| std::cmp::Reverse(m.0));
+            all.truncate(limit);
+            Ok(all.into_iter().map(|(_, user, msg)| (user, msg)).collect())
+        })
+        .await
     }
 }
 

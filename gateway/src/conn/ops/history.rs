@@ -29,11 +29,14 @@ impl Session {
             HistoryPage::After(a) => Page::After(a),
         };
         let cap = self.handle.byte_budget() / 2;
-        let messages = match fetch_page(&self.node, &room, page, limit, cap).await {
+        let mut messages = match fetch_page(&self.node, &room, page, limit, cap).await {
             Ok(Some(messages)) => messages,
             Ok(None) => return self.too_large(id),
             Err(e) => return self.unavailable(id, &e),
         };
+        if let Err(e) = mark_mine(&self.node, &room, &identity.user, &mut messages).await {
+            return self.unavailable(id, &e);
+        }
         let reply = history_reply(id, &room, messages.iter().map(view));
         // One reply may take half of the connection's memory budget: a
         // larger page is refused rather than queued.
@@ -52,6 +55,25 @@ impl Session {
             "history page too large for this connection; ask for fewer messages",
         )
     }
+}
+
+/// (1.1) Sets `me` on the reactions `user` holds in a page: one read of the
+/// user's reactions over the page's id range, when the page has any.
+async fn mark_mine(node: &Node, room: &str, user: &str, page: &mut [StoredMessage]) -> Result<(), BusError> {
+    let (Some(first), Some(last)) = (page.first(), page.last()) else {
+        return Ok(());
+    };
+    if page.iter().all(|m| m.state.reactions.is_empty()) {
+        return Ok(());
+    }
+    for (msg, key) in node.bus.reactions_by(room, user, first.id, last.id).await? {
+        if let Ok(i) = page.binary_search_by_key(&msg, |m| m.id)
+            && let Some(r) = page[i].state.reactions.iter_mut().find(|r| r.key == key)
+        {
+            r.me = true;
+        }
+    }
+    Ok(())
 }
 
 /// Messages read from the bus in one go: a page is read in chunks, so a

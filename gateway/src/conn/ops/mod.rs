@@ -8,12 +8,15 @@
 //! - `send` (checked, then published in pipelined batches) and `typing` in
 //!   [`send`].
 //! - `history` in [`history`], `presence` in [`presence`].
+//! - (1.1) `edit`, `delete`, `react`, `unreact`, `read` and `receipts` in
+//!   [`events`].
 //!
 //! A new op: its request in the `protocol` crate's parser, its arm in
 //! [`Session::dispatch`] (and in the rate class there if it is costly), its
 //! handler in the family's file (or a new file here), and its tests.
 
 mod auth;
+mod events;
 mod history;
 mod presence;
 mod rooms;
@@ -32,7 +35,14 @@ impl Session {
     /// the bus logs the outage itself at warn.
     fn unavailable(&self, id: Option<i64>, e: &BusError) {
         tracing::debug!(error = %e, "request failed on the bus");
-        self.error(id, ErrorCode::Unavailable, "service unavailable, retry");
+        match e {
+            BusError::Unsupported(what) => self.error(
+                id,
+                ErrorCode::Unavailable,
+                &format!("{what}: not available on this gateway's configuration yet"),
+            ),
+            _ => self.error(id, ErrorCode::Unavailable, "service unavailable, retry"),
+        }
     }
 }
 
@@ -56,7 +66,12 @@ impl Session {
         // handlers, once the room is checked.
         let costly = matches!(
             req,
-            Request::Join { .. } | Request::Leave { .. } | Request::History { .. } | Request::Presence { .. }
+            Request::Join { .. }
+                | Request::Leave { .. }
+                | Request::History { .. }
+                | Request::Presence { .. }
+                | Request::Read { .. }
+                | Request::Receipts { .. }
         );
         if costly && !self.rate_ok(false) {
             return self.error(id, ErrorCode::RateLimited, "too many requests; slow down");
@@ -87,6 +102,9 @@ impl Session {
             Request::Typing { room } => self.on_typing(id, &identity, room).await,
             // Stateless: answered here.
             Request::Ping => self.reply(Obj::new("pong").id(id).finish()),
+            Request::Change { room, change, body } => self.on_change(id, &identity, room, change, body).await,
+            Request::Read { room, msg } => self.on_read(id, &identity, room, msg).await,
+            Request::Receipts { room } => self.on_receipts(id, room).await,
         }
     }
 }

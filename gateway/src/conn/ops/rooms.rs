@@ -81,13 +81,14 @@ impl Session {
         if let Some(j) = self.rooms.iter_mut().find(|j| j.room == room) {
             j.floor = floor;
         }
-        frames.push(ws::text_frame(
-            &Obj::new("ok")
-                .id(id)
-                .str("room", &room)
-                .bool("recovered", recovered)
-                .finish(),
-        ));
+        let mut ok = Obj::new("ok").id(id).str("room", &room).bool("recovered", recovered);
+        // (1.1) The user's read marker; a join does not fail for it.
+        match self.node.bus.read_marker(&room, &identity.user).await {
+            Ok(Some(read)) => ok = ok.msg_id("read", read),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "read marker not read"),
+        }
+        frames.push(ws::text_frame(&ok.finish()));
         self.handle.splice_replay(&room, floor, frames);
         if edges.user_edge {
             if let Err(e) = self.node.bus.presence_changed(&room, &identity.user, true).await {

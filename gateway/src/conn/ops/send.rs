@@ -58,6 +58,8 @@ impl Session {
                     ephemeral,
                     nonce: nonce.map(Into::into),
                     reply_to,
+                    change: None,
+                    moderator: false,
                 };
                 self.pending_sends.push(PendingSend { id, msg });
                 None

@@ -1,0 +1,293 @@
+//! Edits, deletions, reactions and read markers (protocol 1.1) on the
+//! embedded single node: each op live, its error cases, `history` in the
+//! messages' current state, `join` with `since` replaying the events among
+//! the messages (the client's fold equals `history`), and markers.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn user(node: &TestNode, claims: Value) -> Client {
+    let mut c = node.client().await;
+    let r = c.request(json!({"op":"auth","token":token(claims)})).await;
+    assert_eq!(r["op"], "ok", "{r}");
+    c
+}
+
+fn claims(sub: &str) -> Value {
+    valid_claims(sub)
+}
+
+/// Sends `req` and expects an error with `code`.
+async fn refused(c: &mut Client, req: Value, code: &str) {
+    let r = c.request(req.clone()).await;
+    assert_eq!(
+        (r["op"].as_str(), r["code"].as_str()),
+        (Some("error"), Some(code)),
+        "{req} -> {r}"
+    );
+}
+
+async fn ok(c: &mut Client, req: Value) -> Value {
+    let r = c.request(req.clone()).await;
+    assert_eq!(r["op"], "ok", "{req} -> {r}");
+    r
+}
+
+/// What a client makes of `msg` entries and events, in order: the
+/// messages by id with their body (None: deleted) and reactions
+/// (key -> users).
+#[derive(Default, Debug, PartialEq)]
+struct Fold(BTreeMap<String, (Option<Value>, BTreeMap<String, u64>)>);
+
+impl Fold {
+    fn apply(&mut self, e: &Value) {
+        let target = || e["target"].as_str().unwrap().to_string();
+        match e["op"].as_str().unwrap() {
+            "msg" => {
+                let body = if e["deleted"] == true {
+                    None
+                } else {
+                    Some(e["body"].clone())
+                };
+                let reactions = e["reactions"]
+                    .as_object()
+                    .map(|r| {
+                        r.iter()
+                            .map(|(k, v)| (k.clone(), v["count"].as_u64().unwrap()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.0.insert(e["msg"].as_str().unwrap().to_string(), (body, reactions));
+            }
+            "edit" => self.0.get_mut(&target()).unwrap().0 = Some(e["body"].clone()),
+            "delete" => {
+                let m = self.0.get_mut(&target()).unwrap();
+                *m = (None, BTreeMap::new());
+            }
+            "react" => {
+                *self
+                    .0
+                    .get_mut(&target())
+                    .unwrap()
+                    .1
+                    .entry(e["key"].as_str().unwrap().into())
+                    .or_default() += 1
+            }
+            "unreact" => {
+                let r = &mut self.0.get_mut(&target()).unwrap().1;
+                let k = e["key"].as_str().unwrap().to_string();
+                *r.get_mut(&k).unwrap() -= 1;
+                if r[&k] == 0 {
+                    r.remove(&k);
+                }
+            }
+            other => panic!("unexpected {other}: {e}"),
+        }
+    }
+}
+
+async fn history(c: &mut Client, room: &str) -> Vec<Value> {
+    let h = c.request(json!({"op":"history","room":room,"limit":500})).await;
+    assert_eq!(h["op"], "history", "{h}");
+    h["messages"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn edits_deletions_and_reactions_on_one_node() {
+    let node = TestNode::start(&["--jwt-secret", SECRET, "--api-key", API_KEY]).await;
+    let mut ann = user(&node, claims("ann")).await;
+    let mut bob = user(&node, claims("bob")).await;
+    let mut mia = user(&node, json!({"sub":"mia","exp":now_secs() + 3600,"mod":["r*"]})).await;
+    for c in [&mut ann, &mut bob, &mut mia] {
+        c.join("r").await;
+    }
+    let m1 = ann.send_msg("r", json!({"t":"one"})).await.to_string();
+    let m2 = ann.send_msg("r", json!({"t":"two"})).await.to_string();
+    let m3 = bob.send_msg("r", json!({"t":"three"})).await.to_string();
+
+    // Edit: the author only; the event reaches the room with its own id.
+    refused(
+        &mut bob,
+        json!({"op":"edit","room":"r","msg":m1,"body":{"t":"x"}}),
+        "forbidden",
+    )
+    .await;
+    refused(
+        &mut mia,
+        json!({"op":"edit","room":"r","msg":m1,"body":{"t":"x"}}),
+        "forbidden",
+    )
+    .await;
+    let edit = ok(
+        &mut ann,
+        json!({"op":"edit","room":"r","msg":m1,"body":{"t":"ONE", "n": 1.50}}),
+    )
+    .await;
+    assert!(
+        msg_id(&edit) > m3.parse().unwrap(),
+        "an event's id comes after the messages before it"
+    );
+    let seen = bob.recv_matching(|v| v["op"] == "edit").await;
+    assert_eq!(
+        (&seen["msg"], seen["target"].as_str(), &seen["from"], &seen["body"]),
+        (
+            &edit["msg"],
+            Some(m1.as_str()),
+            &json!("ann"),
+            &json!({"t":"ONE","n":1.50})
+        )
+    );
+
+    // Reactions: once per user and key; `ok` without an id the second time.
+    let r1 = ok(&mut bob, json!({"op":"react","room":"r","msg":m1,"key":"👍"})).await;
+    assert!(r1.get("msg").is_some());
+    let again = ok(&mut bob, json!({"op":"react","room":"r","msg":m1,"key":"👍"})).await;
+    assert!(again.get("msg").is_none(), "{again}");
+    ok(&mut mia, json!({"op":"react","room":"r","msg":m1,"key":"👍"})).await;
+    ok(&mut mia, json!({"op":"react","room":"r","msg":m1,"key":"🎉"})).await;
+    ok(&mut mia, json!({"op":"unreact","room":"r","msg":m1,"key":"🎉"})).await;
+    let none = ok(&mut mia, json!({"op":"unreact","room":"r","msg":m1,"key":"🎉"})).await;
+    assert!(none.get("msg").is_none(), "{none}");
+    for i in 0..19 {
+        ok(
+            &mut ann,
+            json!({"op":"react","room":"r","msg":m2,"key":format!("k{i}")}),
+        )
+        .await;
+    }
+    ok(&mut bob, json!({"op":"react","room":"r","msg":m2,"key":"k20"})).await;
+    refused(
+        &mut bob,
+        json!({"op":"react","room":"r","msg":m2,"key":"k21"}),
+        "forbidden",
+    )
+    .await;
+
+    // Delete: the author or a moderator; then it is gone for every op.
+    refused(&mut ann, json!({"op":"delete","room":"r","msg":m3}), "forbidden").await;
+    ok(&mut mia, json!({"op":"delete","room":"r","msg":m3})).await;
+    refused(&mut bob, json!({"op":"edit","room":"r","msg":m3,"body":1}), "not_found").await;
+    refused(&mut bob, json!({"op":"delete","room":"r","msg":m3}), "not_found").await;
+    refused(
+        &mut bob,
+        json!({"op":"react","room":"r","msg":m3,"key":"x"}),
+        "not_found",
+    )
+    .await;
+    // Not a message: a missing id, an event's id, another room's message.
+    refused(
+        &mut bob,
+        json!({"op":"react","room":"r","msg":"12345","key":"x"}),
+        "not_found",
+    )
+    .await;
+    refused(
+        &mut ann,
+        json!({"op":"edit","room":"r","msg":edit["msg"],"body":1}),
+        "not_found",
+    )
+    .await;
+    ann.join("other").await;
+    refused(
+        &mut ann,
+        json!({"op":"edit","room":"other","msg":m1,"body":1}),
+        "not_found",
+    )
+    .await;
+    // Validation and membership.
+    refused(
+        &mut bob,
+        json!({"op":"react","room":"r","msg":m1,"key":""}),
+        "bad_request",
+    )
+    .await;
+    refused(&mut bob, json!({"op":"edit","room":"r","msg":m1}), "bad_request").await;
+    refused(
+        &mut bob,
+        json!({"op":"react","room":"nope","msg":m1,"key":"x"}),
+        "forbidden",
+    )
+    .await;
+
+    // History: current state, no events, `me` for the reader.
+    let page = history(&mut bob, "r").await;
+    assert_eq!(page.len(), 3, "{page:?}");
+    assert_eq!(page[0]["body"], json!({"t":"ONE","n":1.50}));
+    assert!(page[0]["edited"].as_u64().is_some());
+    assert_eq!(page[0]["reactions"], json!({"👍":{"count":2,"me":true}}));
+    assert_eq!(page[1]["reactions"].as_object().unwrap().len(), 20);
+    assert_eq!(page[1]["reactions"]["k0"], json!({"count":1,"me":false}));
+    assert_eq!(page[1]["reactions"]["k20"], json!({"count":1,"me":true}));
+    assert_eq!(page[2]["deleted"], true);
+    assert!(page[2].get("body").is_none(), "a tombstone has no body: {}", page[2]);
+    // The HTTP history API shows the same state.
+    let (status, text) = node
+        .http(
+            "GET",
+            "/api/rooms/r/messages",
+            &[("Authorization", &format!("Bearer {API_KEY}"))],
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let api: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(api["messages"][0]["reactions"]["👍"]["count"], 2);
+    assert_eq!(api["messages"][2]["deleted"], true);
+
+    // A client that saw only the first message replays the rest, events
+    // among messages, and its fold equals history.
+    let mut late = user(&node, claims("late")).await;
+    let j = late.request(json!({"op":"join","room":"r","since":m1})).await;
+    assert_eq!(j["recovered"], true, "{j}");
+    let replayed: Vec<Value> = late.backlog.drain(..).collect();
+    // What it saw: the first message as sent.
+    let mut fold = Fold::default();
+    fold.apply(&json!({"op":"msg","msg":m1,"body":{"t":"one"}}));
+    let mut last = m1.parse::<u64>().unwrap();
+    for e in &replayed {
+        let id = msg_id(e);
+        assert!(id > last, "ascending, no duplicate: {replayed:?}");
+        last = id;
+        fold.apply(e);
+    }
+    let mut expected = Fold::default();
+    for m in &page {
+        expected.apply(m);
+    }
+    assert_eq!(fold, expected);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn read_markers_move_forward_and_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start_in(dir.path(), &["--jwt-secret", SECRET]).await;
+    let mut ann = user(&node, claims("ann")).await;
+    let mut bob = user(&node, claims("bob")).await;
+    ann.join("r").await;
+    refused(&mut bob, json!({"op":"read","room":"r","msg":"1"}), "forbidden").await;
+    refused(&mut bob, json!({"op":"receipts","room":"r"}), "forbidden").await;
+    bob.join("r").await;
+    let m1 = ann.send_msg("r", json!(1)).await;
+    let m2 = ann.send_msg("r", json!(2)).await;
+    ok(&mut ann, json!({"op":"read","room":"r","msg":m2.to_string()})).await;
+    ok(&mut ann, json!({"op":"read","room":"r","msg":m1.to_string()})).await;
+    ok(&mut bob, json!({"op":"read","room":"r","msg":m1.to_string()})).await;
+    let far = (u64::MAX >> 1).to_string();
+    refused(&mut bob, json!({"op":"read","room":"r","msg":far}), "bad_request").await;
+    let r = bob.request(json!({"op":"receipts","room":"r"})).await;
+    assert_eq!(r["op"], "receipts", "{r}");
+    assert_eq!(r["read"], json!({"ann": m2.to_string(), "bob": m1.to_string()}));
+    // A new connection's join carries the user's marker; it survives a restart.
+    node.stop().await;
+    let node = TestNode::start_in(dir.path(), &["--jwt-secret", SECRET]).await;
+    let mut ann = user(&node, claims("ann")).await;
+    assert_eq!(ann.join("r").await["read"], m2.to_string());
+    let mut carl = user(&node, claims("carl")).await;
+    assert!(carl.join("r").await.get("read").is_none());
+    node.stop().await;
+}
