@@ -6,8 +6,9 @@
 # One release gateway node (embedded defaults but a per-IP connection rate
 # of 20/s) pinned to CPU 0. The probe (`loadtest` fan-out: 20 members in 2
 # rooms, 2 senders at 40 msg/s in all, `--samples` logging every latency
-# with its send time) on CPU 1. ROUNDS times, for each attack: a quiet
-# window of PHASE seconds, then the attacker of benches/abuse_attacks.py
+# with its send time) on CPU 1, at real-time priority (PROBE_RT=0: not).
+# ROUNDS times, for each attack: a quiet window of PHASE seconds, then the
+# attacker of benches/abuse_attacks.py
 # starts (from 127.0.0.200, CPU 1, nice 19), and after LEAD seconds (its
 # connections opened) an attack window of PHASE seconds; the attacker ends,
 # 1 s to settle. Samples are pooled per window kind by send time; prints
@@ -66,7 +67,14 @@ window() {
 
 echo "machine: $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | xargs); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "node on CPU 0; probe and attackers on CPU 1 (attackers at nice 19); $ROUNDS rounds of ${PHASE}s windows, ${total}s probe"
-taskset -c 1 "$TARGET/loadtest" --url "ws://$addr/ws" --connections 20 --rooms 2 --senders 2 \
+# The probe runs at real-time priority when it may (root): on this 2-core
+# box it shares its core with the attackers, and what it measures is the
+# node, not the attackers' own time on the client's core (a real client is
+# on another machine). PROBE_RT=0 runs it at normal priority.
+rt=()
+if [ "${PROBE_RT:-1}" = 1 ] && chrt -f 50 true 2>/dev/null; then rt=(chrt -f 50); fi
+echo "probe priority: ${rt[*]:-normal}"
+"${rt[@]}" taskset -c 1 "$TARGET/loadtest" --url "ws://$addr/ws" --connections 20 --rooms 2 --senders 2 \
     --rate 40 --duration "${total}s" --drain 2s --room-prefix probe --quiet \
     --ready-file "$OUT/ready" --samples "$OUT/samples" --report "$OUT/probe.json" >/dev/null 2>"$OUT/probe.err" &
 probe=$!

@@ -14,7 +14,34 @@
 use std::collections::{BTreeMap, HashMap};
 
 use protocol::event::MAX_REACTION_KEYS;
-use storage::{ChangeKind, StoredMessage};
+use storage::{ChangeKind, HistoryStore, StoredMessage};
+
+use crate::BusError;
+
+/// Sets `me` on the reactions `user` holds in a page (ascending), as the
+/// store has them: one read of the user's reactions over the page's id
+/// range, when the page has any reactions. Without a store, nothing.
+pub async fn mark_mine(
+    store: Option<&dyn HistoryStore>,
+    room: &str,
+    user: &str,
+    page: &mut [StoredMessage],
+) -> Result<(), BusError> {
+    let (Some(store), Some(first), Some(last)) = (store, page.first(), page.last()) else {
+        return Ok(());
+    };
+    if page.iter().all(|m| m.state.reactions.is_empty()) {
+        return Ok(());
+    }
+    for (msg, key) in store.reactions_by(room, user, first.id, last.id).await? {
+        if let Ok(i) = page.binary_search_by_key(&msg, |m| m.id)
+            && let Some(r) = page[i].state.reactions.iter_mut().find(|r| r.key == key)
+        {
+            r.me = true;
+        }
+    }
+    Ok(())
+}
 
 /// Why an event is not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -308,15 +308,21 @@ impl Bus for InProcessBus {
         Ok(Replay { messages, complete })
     }
 
-    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
+    async fn history(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+        viewer: Option<&str>,
+    ) -> Result<Vec<StoredMessage>, BusError> {
         let started = Instant::now();
         let read = self.store.page(room, page, limit).await;
         crate::metrics::get().history.record(started, &read);
-        Ok(read?)
-    }
-
-    async fn reactions_by(&self, room: &str, user: &str, from: u64, to: u64) -> Result<Vec<(u64, String)>, BusError> {
-        Ok(self.store.reactions_by(room, user, from, to).await?)
+        let mut page = read?;
+        if let Some(viewer) = viewer {
+            crate::changes::mark_mine(Some(&*self.store), room, viewer, &mut page).await?;
+        }
+        Ok(page)
     }
 
     async fn mark_read(&self, room: &str, user: &str, msg: u64) -> Result<bool, BusError> {

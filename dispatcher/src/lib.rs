@@ -205,20 +205,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError>;
 
     /// A page of history including every acknowledged message, each in
-    /// its current state (1.1).
-    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError>;
-
-    /// (1.1) The reactions `user` holds on messages `from..=to` of `room`
-    /// (what `me` marks in a history page).
-    async fn reactions_by(
+    /// its current state (1.1), with `me` on the reactions `viewer` holds.
+    async fn history(
         &self,
-        _room: &str,
-        _user: &str,
-        _from: u64,
-        _to: u64,
-    ) -> Result<Vec<(u64, String)>, BusError> {
-        Err(BusError::Unsupported("reactions"))
-    }
+        room: &str,
+        page: Page,
+        limit: usize,
+        viewer: Option<&str>,
+    ) -> Result<Vec<StoredMessage>, BusError>;
 
     /// (1.1) Moves `user`'s read marker in `room` forward to `msg`; says
     /// whether it moved.

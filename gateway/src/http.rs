@@ -456,7 +456,7 @@ async fn api_history(node: Arc<Node>, room: String, query: &str) -> Response<Bod
         (None, Some(a)) => Page::After(a),
         (None, None) => Page::Newest,
     };
-    match node.bus.history(&room, page, limit).await {
+    match node.bus.history(&room, page, limit, None).await {
         Ok(messages) => json(StatusCode::OK, history_reply(None, &room, messages.iter().map(view))),
         Err(e) => api_unavailable(&e),
     }

@@ -1,20 +1,29 @@
-//! Edits, deletions, reactions and read markers (protocol 1.1) on the
-//! embedded single node: each op live, its error cases, `history` in the
-//! messages' current state, `join` with `since` replaying the events among
-//! the messages (the client's fold equals `history`), and markers.
+//! Edits, deletions, reactions and read markers (protocol 1.1): each op
+//! live, its error cases, `history` (and the HTTP history API) in the
+//! messages' current state with `me`, and `join` with `since` replaying
+//! the events among the messages (the client's fold equals `history`); on
+//! the embedded single node, on two nodes over Redis, and on two nodes
+//! over Redis with the CQL store. Read markers on the embedded node.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use common::*;
 use serde_json::{Value, json};
+use storage::{CqlConfig, CqlStore, HistoryStore, Page, Replication};
+use testkit::{RedisServer, Wait, cql_nodes, fresh_keyspace, redis_command};
 
-async fn user(node: &TestNode, claims: Value) -> Client {
-    let mut c = node.client().await;
+async fn user_at(addr: SocketAddr, claims: Value) -> Client {
+    let mut c = Client::connect(&format!("ws://{addr}/ws"), None).await;
     let r = c.request(json!({"op":"auth","token":token(claims)})).await;
     assert_eq!(r["op"], "ok", "{r}");
     c
+}
+
+async fn user(node: &TestNode, claims: Value) -> Client {
+    user_at(node.addr, claims).await
 }
 
 fn claims(sub: &str) -> Value {
@@ -99,9 +108,100 @@ async fn history(c: &mut Client, room: &str) -> Vec<Value> {
 #[tokio::test]
 async fn edits_deletions_and_reactions_on_one_node() {
     let node = TestNode::start(&["--jwt-secret", SECRET, "--api-key", API_KEY]).await;
-    let mut ann = user(&node, claims("ann")).await;
-    let mut bob = user(&node, claims("bob")).await;
-    let mut mia = user(&node, json!({"sub":"mia","exp":now_secs() + 3600,"mod":["r*"]})).await;
+    scenario(&[node.addr]).await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_deletions_and_reactions_on_two_nodes_over_redis() {
+    let redis = RedisServer::start();
+    let bus = vec!["--redis-url".to_string(), redis.url()];
+    let cluster = processes(2, &bus, &["--jwt-secret", SECRET, "--api-key", API_KEY]);
+    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.addr).collect();
+    scenario(&addrs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_deletions_and_reactions_on_two_nodes_over_redis_and_cql() {
+    let redis = RedisServer::start();
+    let keyspace = fresh_keyspace("events");
+    let bus = vec![
+        "--redis-url".to_string(),
+        redis.url(),
+        "--scylla-nodes".to_string(),
+        cql_nodes().join(","),
+        "--scylla-keyspace".to_string(),
+        keyspace.clone(),
+        "--persister-wait".to_string(),
+        "20ms".to_string(),
+    ];
+    let cluster = processes(2, &bus, &["--jwt-secret", SECRET, "--api-key", API_KEY]);
+    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.addr).collect();
+    let [m1, m2, m3] = scenario(&addrs).await;
+
+    // The persister folds the changes from the streams into the store.
+    let store = CqlStore::connect(&CqlConfig {
+        nodes: cql_nodes(),
+        keyspace,
+        replication: Replication::Simple(1),
+        bucket: std::time::Duration::from_secs(86_400),
+    })
+    .await
+    .unwrap();
+    let id = |m: &str| m.parse::<u64>().unwrap();
+    Wait::new("the changes folded into the store", std::time::Duration::from_secs(60))
+        .every(std::time::Duration::from_millis(100))
+        .until_async(async || {
+            let page = store.page("r", Page::Newest, 10).await.map_err(|e| e.to_string())?;
+            let counts = |i: usize| page[i].state.reactions.iter().map(|r| r.count).sum::<u32>();
+            match page.as_slice() {
+                [a, b, c]
+                    if (a.id, b.id, c.id) == (id(&m1), id(&m2), id(&m3))
+                        && a.state.edited.is_some()
+                        && counts(0) == 2
+                        && counts(1) == 20
+                        && c.state.deleted =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("{page:?}")),
+            }
+        })
+        .await;
+
+    // Redis forgets the state (as after its TTL): the next changes are
+    // judged from the store's state and holders.
+    let forget = "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 1";
+    for pattern in ["*:st:r:*", "*:rh:r:*"] {
+        redis_command(redis.port, &["EVAL", forget, "0", pattern]).unwrap();
+    }
+    let mut bob = user_at(addrs[0], claims("bob")).await;
+    let mut ann = user_at(addrs[1], claims("ann")).await;
+    bob.join("r").await;
+    ann.join("r").await;
+    let held = ok(&mut bob, json!({"op":"react","room":"r","msg":m1,"key":"👍"})).await;
+    assert!(held.get("msg").is_none(), "the store says bob holds it: {held}");
+    ok(&mut ann, json!({"op":"react","room":"r","msg":m1,"key":"👍"})).await;
+    refused(
+        &mut ann,
+        json!({"op":"react","room":"r","msg":m2,"key":"one-more"}),
+        "forbidden",
+    )
+    .await;
+    refused(&mut ann, json!({"op":"edit","room":"r","msg":m3,"body":1}), "not_found").await;
+    let page = history(&mut bob, "r").await;
+    assert_eq!(page[0]["reactions"], json!({"👍":{"count":3,"me":true}}));
+}
+
+/// Users connect round-robin over `addrs` (ann, bob, mia, then the late
+/// reader), so on two nodes every event crosses the bus.
+/// Returns the ids of its three messages: edited and reacted, reacted (20
+/// keys), deleted.
+async fn scenario(addrs: &[SocketAddr]) -> [String; 3] {
+    let at = |i: usize| addrs[i % addrs.len()];
+    let mut ann = user_at(at(0), claims("ann")).await;
+    let mut bob = user_at(at(1), claims("bob")).await;
+    let mut mia = user_at(at(2), json!({"sub":"mia","exp":now_secs() + 3600,"mod":["r*"]})).await;
     for c in [&mut ann, &mut bob, &mut mia] {
         c.join("r").await;
     }
@@ -225,14 +325,14 @@ async fn edits_deletions_and_reactions_on_one_node() {
     assert_eq!(page[2]["deleted"], true);
     assert!(page[2].get("body").is_none(), "a tombstone has no body: {}", page[2]);
     // The HTTP history API shows the same state.
-    let (status, text) = node
-        .http(
-            "GET",
-            "/api/rooms/r/messages",
-            &[("Authorization", &format!("Bearer {API_KEY}"))],
-            "",
-        )
-        .await;
+    let (status, text) = http_request(
+        at(1),
+        "GET",
+        "/api/rooms/r/messages",
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+        "",
+    )
+    .await;
     assert_eq!(status, 200, "{text}");
     let api: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(api["messages"][0]["reactions"]["👍"]["count"], 2);
@@ -240,7 +340,7 @@ async fn edits_deletions_and_reactions_on_one_node() {
 
     // A client that saw only the first message replays the rest, events
     // among messages, and its fold equals history.
-    let mut late = user(&node, claims("late")).await;
+    let mut late = user_at(at(3), claims("late")).await;
     let j = late.request(json!({"op":"join","room":"r","since":m1})).await;
     assert_eq!(j["recovered"], true, "{j}");
     let replayed: Vec<Value> = late.backlog.drain(..).collect();
@@ -259,7 +359,7 @@ async fn edits_deletions_and_reactions_on_one_node() {
         expected.apply(m);
     }
     assert_eq!(fold, expected);
-    node.stop().await;
+    [m1, m2, m3]
 }
 
 #[tokio::test]

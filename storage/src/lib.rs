@@ -56,6 +56,11 @@ pub struct StoredMessage {
     /// (1.1) A message's state after its events, as reads of history
     /// return it (the `body` is then the latest one). Ignored by `append`.
     pub state: MessageState,
+    /// (1.1) On a `react`/`unreact` entry judged by a bus that counts
+    /// (Redis): how many users hold the key after it. A store given it
+    /// writes it as it is, without reading (so concurrent persisters
+    /// applying one message's reactions in any order agree); not stored.
+    pub reaction_count: Option<u32>,
 }
 
 impl StoredMessage {

@@ -11,6 +11,7 @@ use storage::HistoryStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::changes::Changes;
 use super::conn::{Pool, Target, redis_error};
 use super::lease::NodeLease;
 use super::presence::Presence;
@@ -55,6 +56,7 @@ pub struct RedisBus {
     shared: Arc<Shared>,
     readers: Arc<Readers>,
     window: Window,
+    changes: Changes,
     presence: Presence,
     users: Arc<UserCounts>,
 }
@@ -148,6 +150,12 @@ impl RedisBus {
                 closed,
                 tasks,
             }),
+            changes: Changes {
+                pool: pool.clone(),
+                layout: cfg.streams.clone(),
+                store: store.clone(),
+                maxlen: store.is_none().then_some(cfg.maxlen),
+            },
             window: Window {
                 pool: pool.clone(),
                 layout: cfg.streams.clone(),
@@ -215,9 +223,12 @@ fn published(id: u64, duplicate: bool) -> Published {
 impl Bus for RedisBus {
     async fn publish(&self, msg: NewMessage) -> Result<Published, BusError> {
         if msg.change.is_some() {
-            // Not yet: the shard streams carry messages only, and nothing
-            // here judges an event against its target's state.
-            return Err(BusError::Unsupported("edits, deletions and reactions"));
+            let started = Instant::now();
+            let r = self.changes.publish(&self.shared.publisher, &msg).await;
+            crate::metrics::get()
+                .publish_seconds
+                .record(started.elapsed().as_secs_f64());
+            return r;
         }
         self.publish_batch(vec![msg])
             .await
@@ -227,10 +238,13 @@ impl Bus for RedisBus {
 
     async fn publish_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Published, BusError>> {
         if msgs.iter().any(|m| m.change.is_some()) {
-            return msgs
-                .iter()
-                .map(|_| Err(BusError::Unsupported("edits, deletions and reactions")))
-                .collect();
+            // Changes are judged one by one (`publish`); senders batch
+            // messages only.
+            let mut out = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                out.push(self.publish(m).await);
+            }
+            return out;
         }
         // One pipeline per shard stream (a cluster routes a pipeline by its
         // first key), all at once; order within a stream is kept.
@@ -311,27 +325,38 @@ impl Bus for RedisBus {
 
     async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
         let started = Instant::now();
-        let r = self.window.replay(room, since, limit).await;
+        let r = match self.window.replay(room, since, limit).await {
+            // Messages as they are now (a deleted one's body is not sent
+            // again); their reactions come with the replayed react events.
+            Ok(mut replay) => self
+                .changes
+                .overlay(room, &mut replay.messages, None, false)
+                .await
+                .map(|()| replay),
+            Err(e) => Err(e),
+        };
         crate::metrics::get().replay.record(started, &r);
         r
     }
 
-    async fn history(&self, room: &str, page: Page, limit: usize) -> Result<Vec<StoredMessage>, BusError> {
+    async fn history(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+        viewer: Option<&str>,
+    ) -> Result<Vec<StoredMessage>, BusError> {
         let started = Instant::now();
-        let r = self.window.history(room, page, limit).await;
+        let r = match self.window.history(room, page, limit).await {
+            Ok(mut page) => self.changes.overlay(room, &mut page, viewer, true).await.map(|()| page),
+            Err(e) => Err(e),
+        };
         crate::metrics::get().history.record(started, &r);
         r
     }
 
-    // (1.1) Read markers and reactions live in the store; without one a
-    // cluster keeps none yet.
-    async fn reactions_by(&self, room: &str, user: &str, from: u64, to: u64) -> Result<Vec<(u64, String)>, BusError> {
-        match &self.window.store {
-            Some(store) => Ok(store.reactions_by(room, user, from, to).await?),
-            None => Ok(Vec::new()),
-        }
-    }
-
+    // (1.1) Read markers live in the store; without one a cluster keeps
+    // none yet.
     async fn mark_read(&self, room: &str, user: &str, msg: u64) -> Result<bool, BusError> {
         let store = self
             .window

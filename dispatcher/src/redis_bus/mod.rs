@@ -16,6 +16,9 @@
 //!   CQL store when there is one (the persister fills it; without one the
 //!   window is all a cluster keeps).
 //! - `trim`: trimming to the window, never past what is not yet stored.
+//! - `changes` (1.1): edits, deletions and reactions, judged and appended
+//!   by one script beside the room's stream, their state kept in Redis and
+//!   folded into what history and replay read.
 //! - `presence`: per-room sets of `node|user`.
 //! - `lease`: the node id lease and heartbeat key.
 //! - [`users`]: per-user connection and send counts over the cluster, for
@@ -23,6 +26,7 @@
 //! - `bus`: [`RedisBus`], which puts them together behind [`crate::Bus`].
 
 mod bus;
+mod changes;
 pub mod conn;
 mod lease;
 mod presence;

@@ -146,6 +146,21 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Runs one command (a script) on the shared connection; `what` names
+    /// it in errors.
+    pub(crate) async fn run(&self, cmd: redis::Cmd, what: &'static str) -> Result<redis::Value, BusError> {
+        let mut conn = self.conn().await?;
+        match cmd.query_async::<redis::Value>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.failed(&e).await;
+                Err(redis_error(what, e))
+            }
+        }
+    }
+}
+
 /// An `XADD` reply (an id) or an [`APPEND_ONCE`] reply (`[repeat, id]`).
 fn appended(v: &redis::Value) -> Result<(u64, bool), BusError> {
     use redis::Value;

@@ -3,9 +3,12 @@
 //! the window scans and the persister all read entries through [`Entry`].
 //!
 //! An entry's fields: `r` room, `f` sender (or the user of an event), `k`
-//! kind, `b` body (messages), `p` the message replied to (1.1), `o` origin `node/connection` (events a client
-//! caused, so its own connection can skip them). Kinds: `m` stored message,
-//! `e` ephemeral message, `j` joined, `l` left, `t` typing.
+//! kind, `b` body (messages; an edit's new body), `p` the message replied
+//! to (1.1), `o` origin `node/connection` (events a client caused, so its
+//! own connection can skip them), and for a change (1.1) `t` its target
+//! message, `x` what it does (`edit`, `delete`, `react`, `unreact`), `y` a
+//! reaction's key, `n` the key's count after it. Kinds: `m` stored message, `e` ephemeral message, `c`
+//! stored change (1.1), `j` joined, `l` left, `t` typing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use redis::streams::StreamId;
 use siphasher::sip::SipHasher13;
 
 use super::conn::redis_error;
-use crate::{BusError, Delivery, EventKind, NewMessage, StoredMessage};
+use crate::{BusError, Change, ChangeKind, Delivery, EventKind, NewMessage, StoredMessage};
 
 /// The consumer group every persister joins; trimming asks it how far the
 /// store has got.
@@ -140,6 +143,19 @@ impl StreamLayout {
         format!("{}:{{s{stream}}}:nonce:{hash:032x}", self.prefix)
     }
 
+    /// (1.1) The state of message `id` of `room` while it has recent
+    /// events (a hash: author, deleted, edited, latest body, reaction
+    /// counts), beside the room's stream in its hash slot.
+    pub fn state_key(&self, room: &str, id: u64) -> String {
+        format!("{}:{{s{}}}:st:{room}:{id}", self.prefix, self.stream_of(room))
+    }
+
+    /// (1.1) Who holds which reaction on message `id` of `room` (a hash
+    /// `<key>\n<user>` -> `1` held, `0` given back), beside its state.
+    pub fn holders_key(&self, room: &str, id: u64) -> String {
+        format!("{}:{{s{}}}:rh:{room}:{id}", self.prefix, self.stream_of(room))
+    }
+
     /// The set of `node|user` present in `room`.
     pub fn presence_key(&self, room: &str) -> String {
         format!("{}:presence:{{{room}}}", self.prefix)
@@ -191,6 +207,23 @@ pub fn message_fields<'a>(msg: &'a NewMessage, reply_to: Option<&'a str>) -> Vec
     ];
     if let Some(r) = reply_to {
         fields.push(("p", r));
+    }
+    fields
+}
+
+/// (1.1) A change's entry fields; `target` is its target id as text.
+pub fn change_fields<'a>(msg: &'a NewMessage, change: &'a Change, target: &'a str) -> Vec<(&'static str, &'a str)> {
+    let mut fields = vec![
+        ("r", &*msg.room),
+        ("f", &*msg.from),
+        ("k", "c"),
+        ("t", target),
+        ("x", change.kind.op()),
+    ];
+    match &change.kind {
+        ChangeKind::Edit => fields.push(("b", msg.body.as_str())),
+        ChangeKind::Delete => {}
+        ChangeKind::React(k) | ChangeKind::Unreact(k) => fields.push(("y", k.as_str())),
     }
     fields
 }
@@ -254,6 +287,30 @@ impl Entry {
                 },
                 ephemeral: kind == "e",
             },
+            "c" => {
+                let target = field(&entry.map, "t")?.parse().ok()?;
+                let key = || field(&entry.map, "y");
+                let (kind, body) = match field(&entry.map, "x")?.as_str() {
+                    "edit" => (ChangeKind::Edit, field(&entry.map, "b")?),
+                    "delete" => (ChangeKind::Delete, String::new()),
+                    "react" => (ChangeKind::React(key()?), String::new()),
+                    "unreact" => (ChangeKind::Unreact(key()?), String::new()),
+                    _ => return None,
+                };
+                Entry::Message {
+                    msg: StoredMessage {
+                        room,
+                        id,
+                        from,
+                        ts: protocol::id::millis(id),
+                        body,
+                        change: Some(Change { target, kind }),
+                        reaction_count: field(&entry.map, "n").and_then(|n| n.parse().ok()),
+                        ..Default::default()
+                    },
+                    ephemeral: false,
+                }
+            }
             "j" | "l" | "t" => Entry::Event {
                 room,
                 kind: match kind.as_str() {
@@ -302,15 +359,16 @@ impl Entry {
     }
 }
 
-/// Whether `entry` is a stored message of `room`, checked without copying
-/// its fields (window scans pass over every other room of the stream).
-pub fn is_stored_in(entry: &StreamId, room: &str) -> bool {
+/// Whether `entry` is a stored message of `room` (or, with `changes`, a
+/// stored change too), checked without copying its fields (window scans
+/// pass over every other room of the stream).
+pub fn is_stored_in(entry: &StreamId, room: &str, changes: bool) -> bool {
     let is = |name: &str, want: &[u8]| match entry.map.get(name) {
         Some(Value::BulkString(b)) => b.as_slice() == want,
         Some(Value::SimpleString(s)) => s.as_bytes() == want,
         _ => false,
     };
-    is("r", room.as_bytes()) && is("k", b"m")
+    is("r", room.as_bytes()) && (is("k", b"m") || (changes && is("k", b"c")))
 }
 
 fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
@@ -410,8 +468,12 @@ mod tests {
         );
         assert_eq!(stored.id, protocol::id::pack(5, 1));
         assert_eq!(stored.ts, 5);
-        assert!(is_stored_in(&entry("5-1", &message_fields(&msg, None)), "lobby"));
-        assert!(!is_stored_in(&entry("5-1", &message_fields(&msg, None)), "other"));
+        assert!(is_stored_in(&entry("5-1", &message_fields(&msg, None)), "lobby", false));
+        assert!(!is_stored_in(
+            &entry("5-1", &message_fields(&msg, None)),
+            "other",
+            false
+        ));
 
         let eph = NewMessage { ephemeral: true, ..msg };
         let e = Entry::decode(&entry("5-2", &message_fields(&eph, None))).unwrap();

@@ -86,7 +86,7 @@ impl Window {
     pub(crate) async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
         let covered = self.info(room).await?.is_none_or(|i| i.covers(since));
         let mut messages = match (&self.store, covered) {
-            (_, true) => self.scan_forward(room, since, limit).await?,
+            (_, true) => self.scan_forward(room, since, limit, true).await?,
             // Entries after `since` were trimmed and there is no store: the
             // window cannot close the gap.
             (None, false) => {
@@ -98,8 +98,8 @@ impl Window {
             // Trimmed entries were stored first; unstored ones are still in
             // the window: together they close the gap.
             (Some(store), false) => {
-                let stored = store.page(room, Page::After(since), limit + 1).await?;
-                let window = self.scan_forward(room, since, limit).await?;
+                let stored = store.entries_after(room, since, limit + 1).await?;
+                let window = self.scan_forward(room, since, limit, true).await?;
                 merge(stored, window, limit + 1, false)
             }
         };
@@ -115,7 +115,7 @@ impl Window {
             Page::Newest => self.scan_backward(room, None, limit).await?,
             Page::Before(b) => self.scan_backward(room, Some(b), limit).await?,
             Page::After(a) => {
-                let mut out = self.scan_forward(room, a, limit).await?;
+                let mut out = self.scan_forward(room, a, limit, false).await?;
                 out.truncate(limit);
                 out
             }
@@ -136,12 +136,15 @@ impl Window {
     }
 
     /// Up to `limit` stored messages of `room` after `after` (exclusive),
-    /// ascending; `limit + 1` found means there are more.
+    /// ascending, and with `changes` (1.1) the changes among them (what
+    /// replay sends; history shows messages only); `limit + 1` found means
+    /// there are more.
     pub(crate) async fn scan_forward(
         &self,
         room: &str,
         after: u64,
         limit: usize,
+        changes: bool,
     ) -> Result<Vec<StoredMessage>, BusError> {
         let key = self.layout.room_key(room);
         let mut conn = self.pool.get().await?;
@@ -151,7 +154,7 @@ impl Window {
             let page = range(&mut conn, false, &key, &cursor, "+").await?;
             let Some(last) = page.last() else { break };
             cursor = format!("({}", last.id);
-            room_messages(room, &page, &mut out);
+            room_messages(room, &page, changes, &mut out);
             if out.len() > limit || page.len() < SCAN_PAGE {
                 break;
             }
@@ -180,7 +183,7 @@ impl Window {
             let page = range(&mut conn, true, &key, &cursor, "-").await?;
             let Some(last) = page.last() else { break };
             cursor = format!("({}", last.id);
-            room_messages(room, &page, &mut out);
+            room_messages(room, &page, false, &mut out);
             if out.len() >= limit || page.len() < SCAN_PAGE {
                 break;
             }
@@ -211,12 +214,13 @@ async fn range(
     Ok(reply.ids)
 }
 
-/// Stored entries of `room` in one range page.
-fn room_messages(room: &str, entries: &[StreamId], out: &mut Vec<StoredMessage>) {
+/// Stored entries of `room` in one range page (with `changes`, the
+/// changes too).
+fn room_messages(room: &str, entries: &[StreamId], changes: bool, out: &mut Vec<StoredMessage>) {
     out.extend(
         entries
             .iter()
-            .filter(|e| is_stored_in(e, room))
+            .filter(|e| is_stored_in(e, room, changes))
             .filter_map(|e| Entry::decode(e)?.into_stored()),
     );
 }

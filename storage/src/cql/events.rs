@@ -72,7 +72,9 @@ pub(super) struct Statements {
     events_from: PreparedStatement,
     get_state: PreparedStatement,
     states_in: PreparedStatement,
-    put_state: PreparedStatement,
+    set_edit: PreparedStatement,
+    set_deleted: PreparedStatement,
+    set_count: PreparedStatement,
     get_reaction: PreparedStatement,
     put_reaction: PreparedStatement,
     del_reaction: PreparedStatement,
@@ -119,9 +121,19 @@ impl Statements {
                  AND (ms, seq) >= (?, ?) AND (ms, seq) <= (?, ?)"
             ))
             .await?,
-            put_state: prepare(format!(
-                "INSERT INTO {ks}.message_state (room, bucket, ms, seq, edited, deleted, body, reactions) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            set_edit: prepare(format!(
+                "UPDATE {ks}.message_state USING TIMESTAMP ? SET edited = ?, body = ? \
+                 WHERE room = ? AND bucket = ? AND ms = ? AND seq = ?"
+            ))
+            .await?,
+            set_deleted: prepare(format!(
+                "UPDATE {ks}.message_state USING TIMESTAMP ? SET deleted = true \
+                 WHERE room = ? AND bucket = ? AND ms = ? AND seq = ?"
+            ))
+            .await?,
+            set_count: prepare(format!(
+                "UPDATE {ks}.message_state USING TIMESTAMP ? SET reactions[?] = ? \
+                 WHERE room = ? AND bucket = ? AND ms = ? AND seq = ?"
             ))
             .await?,
             get_reaction: prepare(format!(
@@ -129,11 +141,11 @@ impl Statements {
             ))
             .await?,
             put_reaction: prepare(format!(
-                "INSERT INTO {ks}.reactions (room, user, msg, key) VALUES (?, ?, ?, ?)"
+                "INSERT INTO {ks}.reactions (room, user, msg, key) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
             del_reaction: prepare(format!(
-                "DELETE FROM {ks}.reactions WHERE room = ? AND user = ? AND msg = ? AND key = ?"
+                "DELETE FROM {ks}.reactions USING TIMESTAMP ? WHERE room = ? AND user = ? AND msg = ? AND key = ?"
             ))
             .await?,
             reactions_by: prepare(format!(
@@ -202,10 +214,14 @@ fn event_of(room: &str, row: EventRow) -> Result<StoredMessage, StorageError> {
 /// A state row as the state and, when edited, the latest body.
 fn state_of(row: StateRow) -> (u64, MessageState, Option<String>) {
     let (ms, seq, edited, deleted, body, reactions) = row;
+    let deleted = deleted.unwrap_or(false);
     let state = MessageState {
-        edited: edited.map(|e| e as u64),
-        deleted: deleted.unwrap_or(false),
+        edited: edited.map(|e| e as u64).filter(|_| !deleted),
+        deleted,
+        // A deleted message shows none (counts written after the delete
+        // by a late redelivery are kept but hidden).
         reactions: reactions
+            .filter(|_| !deleted)
             .unwrap_or_default()
             .into_iter()
             .filter(|(_, n)| *n > 0)
@@ -253,7 +269,12 @@ impl CqlStore {
                 .maybe_first_row::<EventRow>()
                 .map_err(|x| e(x.to_string()))?;
             if let Some(row) = found {
-                if event_of(&m.room, row)? == **m {
+                // The count is the bus's, not stored with the event.
+                let stored = StoredMessage {
+                    reaction_count: m.reaction_count,
+                    ..event_of(&m.room, row)?
+                };
+                if stored == **m {
                     report.duplicates += 1;
                 } else {
                     tracing::warn!(room = %m.room, id = m.id, "event id already stored with other content; kept the stored one");
@@ -263,9 +284,9 @@ impl CqlStore {
             }
             // The state first, then the event: a crash between the two
             // leaves the event unstored, and its redelivery folds it again,
-            // which changes nothing (an edit sets the same body and time, a
-            // delete finds the message deleted, a reaction finds its
-            // `reactions` row as the first fold left it).
+            // which changes nothing (the same cells with the same
+            // timestamps; without a count from the bus, a reaction finds
+            // its `reactions` row as the first fold left it).
             self.fold_event(m, change).await?;
             self.session
                 .execute_unpaged(&self.insert_bucket, (&m.room, bucket))
@@ -297,60 +318,77 @@ impl CqlStore {
         Ok(())
     }
 
+    /// Folds one new event into its target's state. Every write carries
+    /// the event's id as its cell timestamp, so writes of one message's
+    /// events land in id order whatever order they are applied in (two
+    /// persisters of one stream apply its entries concurrently): the later
+    /// edit's body, the later count of a key, the later hold of a user.
+    /// A reaction's count comes with the entry when the bus counted it
+    /// (Redis); else (one writer in order: the conformance suite) it is
+    /// read and counted here.
     async fn fold_event(&self, m: &StoredMessage, change: &Change) -> Result<(), StorageError> {
         let s = &self.events;
         let (bucket, ms, seq) = self.split(change.target);
-        let (_, state, body) = match self.state_row(&m.room, change.target).await? {
-            Some(row) => state_of(row),
-            None => (change.target, MessageState::default(), None),
+        let stamp = (m.id >> 1) as i64;
+        let key = match &change.kind {
+            ChangeKind::Edit => {
+                let values = (stamp, m.ts as i64, m.body.as_str(), m.room.as_str(), bucket, ms, seq);
+                return self.exec(&s.set_edit, values).await;
+            }
+            ChangeKind::Delete => {
+                return self
+                    .exec(&s.set_deleted, (stamp, m.room.as_str(), bucket, ms, seq))
+                    .await;
+            }
+            ChangeKind::React(k) | ChangeKind::Unreact(k) => k.as_str(),
         };
-        let who = change.kind.key().map(|k| (&m.room, &m.from, ord(change.target), k));
-        let held = match who {
-            Some(who) => {
+        let react = matches!(change.kind, ChangeKind::React(_));
+        let who = (m.room.as_str(), m.from.as_str(), ord(change.target), key);
+        let count = match m.reaction_count {
+            Some(n) => n,
+            None => {
+                let (_, state, body) = match self.state_row(&m.room, change.target).await? {
+                    Some(row) => state_of(row),
+                    None => (change.target, MessageState::default(), None),
+                };
                 let e = cql_err("read reaction");
-                self.session
+                let held = self
+                    .session
                     .execute_unpaged(&s.get_reaction, who)
                     .await
                     .map_err(|x| e(x.to_string()))?
                     .into_rows_result()
                     .map_err(|x| e(x.to_string()))?
                     .rows_num()
-                    > 0
+                    > 0;
+                let Some(Folded { state, .. }) = fold(state, body, m, change, held) else {
+                    return Ok(());
+                };
+                state.reactions.iter().find(|r| r.key == key).map_or(0, |r| r.count)
             }
-            None => false,
         };
-        let Some(Folded { state, body, holder }) = fold(state, body, m, change, held) else {
-            return Ok(());
-        };
-        if let (Some(who), Some(add)) = (who, holder) {
-            let stmt = if add { &s.put_reaction } else { &s.del_reaction };
-            self.session
-                .execute_unpaged(stmt, who)
-                .await
-                .map_err(|x| cql_err("write reaction")(x.to_string()))?;
+        if react {
+            self.exec(&s.put_reaction, (who.0, who.1, who.2, who.3, stamp)).await?;
+        } else {
+            self.exec(&s.del_reaction, (stamp, who.0, who.1, who.2, who.3)).await?;
         }
-        let reactions: BTreeMap<&str, i32> = state
-            .reactions
-            .iter()
-            .map(|r| (r.key.as_str(), r.count as i32))
-            .collect();
+        self.exec(
+            &s.set_count,
+            (stamp, key, count as i32, m.room.as_str(), bucket, ms, seq),
+        )
+        .await
+    }
+
+    async fn exec(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<(), StorageError> {
         self.session
-            .execute_unpaged(
-                &s.put_state,
-                (
-                    &m.room,
-                    bucket,
-                    ms,
-                    seq,
-                    state.edited.map(|e| e as i64),
-                    state.deleted,
-                    body,
-                    reactions,
-                ),
-            )
+            .execute_unpaged(stmt, values)
             .await
-            .map_err(|x| cql_err("write state")(x.to_string()))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|x| cql_err("write state")(x.to_string()))
     }
 
     async fn state_row(&self, room: &str, id: u64) -> Result<Option<StateRow>, StorageError> {

@@ -29,14 +29,11 @@ impl Session {
             HistoryPage::After(a) => Page::After(a),
         };
         let cap = self.handle.byte_budget() / 2;
-        let mut messages = match fetch_page(&self.node, &room, page, limit, cap).await {
+        let messages = match fetch_page(&self.node, &room, page, limit, cap, &identity.user).await {
             Ok(Some(messages)) => messages,
             Ok(None) => return self.too_large(id),
             Err(e) => return self.unavailable(id, &e),
         };
-        if let Err(e) = mark_mine(&self.node, &room, &identity.user, &mut messages).await {
-            return self.unavailable(id, &e);
-        }
         let reply = history_reply(id, &room, messages.iter().map(view));
         // One reply may take half of the connection's memory budget: a
         // larger page is refused rather than queued.
@@ -57,25 +54,6 @@ impl Session {
     }
 }
 
-/// (1.1) Sets `me` on the reactions `user` holds in a page: one read of the
-/// user's reactions over the page's id range, when the page has any.
-async fn mark_mine(node: &Node, room: &str, user: &str, page: &mut [StoredMessage]) -> Result<(), BusError> {
-    let (Some(first), Some(last)) = (page.first(), page.last()) else {
-        return Ok(());
-    };
-    if page.iter().all(|m| m.state.reactions.is_empty()) {
-        return Ok(());
-    }
-    for (msg, key) in node.bus.reactions_by(room, user, first.id, last.id).await? {
-        if let Ok(i) = page.binary_search_by_key(&msg, |m| m.id)
-            && let Some(r) = page[i].state.reactions.iter_mut().find(|r| r.key == key)
-        {
-            r.me = true;
-        }
-    }
-    Ok(())
-}
-
 /// Messages read from the bus in one go: a page is read in chunks, so a
 /// page refused for its size never sits in memory whole.
 const CHUNK: usize = 32;
@@ -86,14 +64,16 @@ fn estimate(m: &StoredMessage) -> usize {
     m.body.len() + m.room.len() + m.from.len() + 96
 }
 
-/// Reads `page` of `room` in chunks, ascending; `None` once the messages
-/// read are over `cap` bytes (as the reply would be).
+/// Reads `page` of `room` in chunks, ascending, with `me` for `viewer`;
+/// `None` once the messages read are over `cap` bytes (as the reply would
+/// be).
 async fn fetch_page(
     node: &Node,
     room: &str,
     page: Page,
     limit: usize,
     cap: usize,
+    viewer: &str,
 ) -> Result<Option<Vec<StoredMessage>>, BusError> {
     let mut out: Vec<StoredMessage> = Vec::new();
     let mut bytes = 0;
@@ -102,7 +82,7 @@ async fn fetch_page(
         let want = CHUNK.min(limit - out.len());
         let chunk = {
             let _turn = node.heavy_reads.acquire().await;
-            node.bus.history(room, cursor, want).await?
+            node.bus.history(room, cursor, want, Some(viewer)).await?
         };
         bytes += chunk.iter().map(estimate).sum::<usize>();
         if bytes > cap {
