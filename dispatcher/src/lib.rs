@@ -99,6 +99,10 @@ pub enum EventKind {
     Joined,
     Left,
     Typing,
+    /// (1.1) The user's read marker in the room moved to `msg`.
+    Read {
+        msg: u64,
+    },
 }
 
 impl EventKind {
@@ -107,6 +111,7 @@ impl EventKind {
             EventKind::Joined => "joined",
             EventKind::Left => "left",
             EventKind::Typing => "typing",
+            EventKind::Read { .. } => "read",
         }
     }
 }

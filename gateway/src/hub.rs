@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use dispatcher::{Delivery, Sink};
+use dispatcher::{Delivery, EventKind, Sink};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use protocol::encode::{msg_event, room_user_event};
+use protocol::encode::{Obj, msg_event, room_user_event};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::view::view;
@@ -508,7 +508,15 @@ impl Sink for Router {
                     room: room.clone(),
                     msg_id: 0,
                     skip_conn: origin.unwrap_or(0),
-                    frame: ws::text_frame(&room_user_event(kind.op(), room, user)),
+                    frame: ws::text_frame(&match kind {
+                        // (1.1) `{"op":"read","room":..,"user":..,"msg":"<id>"}`
+                        EventKind::Read { msg } => Obj::new("read")
+                            .str("room", room)
+                            .str("user", user)
+                            .msg_id("msg", *msg)
+                            .finish(),
+                        _ => room_user_event(kind.op(), room, user),
+                    }),
                 },
             });
             for (i, shard) in per_shard.iter_mut().enumerate() {

@@ -25,6 +25,8 @@
 //! - [`auth`]: JWT and guests; [`jwt`]: which key checks a token (one
 //!   static key, or a JWK set); [`jwks`]: a JWK set from a file or a URL,
 //!   followed so keys rotate without a restart. [`metrics`]: `gateway_*` metrics.
+//! - [`read_events`] (1.1): `read` events, coalesced to one per user and
+//!   room per second on a node.
 //! - `accept`: the client listener's accept step, which closes connections
 //!   over their address's rate before tokio registers them.
 //! - `server`: [`run`] wires them to the bus (`dispatcher`) and the store
@@ -44,6 +46,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 mod node;
+pub mod read_events;
 mod server;
 mod view;
 pub mod ws;

@@ -30,6 +30,8 @@ pub struct Node {
     /// ask for large pages share the cores in turn instead of taking them
     /// all from everyone else's messages.
     pub heavy_reads: tokio::sync::Semaphore,
+    /// (1.1) `read` events waiting for their second.
+    pub read_events: crate::read_events::ReadEvents,
 }
 
 /// Permits of [`Node::heavy_reads`]: the cores this process may run on.

@@ -97,7 +97,9 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         prometheus,
         admission,
         heavy_reads: tokio::sync::Semaphore::new(crate::node::heavy_read_permits()),
+        read_events: Default::default(),
     });
+    tokio::spawn(crate::read_events::flush(node.clone()));
     let internal = match internal {
         Some(l) => Some(serve_internal(&node, l)?),
         None => None,

@@ -3,7 +3,8 @@
 //! messages' current state with `me`, and `join` with `since` replaying
 //! the events among the messages (the client's fold equals `history`); on
 //! the embedded single node, on two nodes over Redis, and on two nodes
-//! over Redis with the CQL store. Read markers on the embedded node.
+//! over Redis with the CQL store. Read markers and `read` events on the
+//! same three (markers in the embedded store, in Redis, in Cassandra).
 
 mod common;
 
@@ -191,6 +192,14 @@ async fn edits_deletions_and_reactions_on_two_nodes_over_redis_and_cql() {
     refused(&mut ann, json!({"op":"edit","room":"r","msg":m3,"body":1}), "not_found").await;
     let page = history(&mut bob, "r").await;
     assert_eq!(page[0]["reactions"], json!({"👍":{"count":3,"me":true}}));
+
+    // Read markers, kept in the store.
+    let marker = read_scenario(&addrs).await;
+    assert_eq!(
+        store.read_marker("r", "ann").await.unwrap(),
+        Some(marker),
+        "in Cassandra"
+    );
 }
 
 /// Users connect round-robin over `addrs` (ann, bob, mia, then the late
@@ -363,25 +372,10 @@ async fn scenario(addrs: &[SocketAddr]) -> [String; 3] {
 }
 
 #[tokio::test]
-async fn read_markers_move_forward_and_are_listed() {
+async fn read_markers_on_one_node_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start_in(dir.path(), &["--jwt-secret", SECRET]).await;
-    let mut ann = user(&node, claims("ann")).await;
-    let mut bob = user(&node, claims("bob")).await;
-    ann.join("r").await;
-    refused(&mut bob, json!({"op":"read","room":"r","msg":"1"}), "forbidden").await;
-    refused(&mut bob, json!({"op":"receipts","room":"r"}), "forbidden").await;
-    bob.join("r").await;
-    let m1 = ann.send_msg("r", json!(1)).await;
-    let m2 = ann.send_msg("r", json!(2)).await;
-    ok(&mut ann, json!({"op":"read","room":"r","msg":m2.to_string()})).await;
-    ok(&mut ann, json!({"op":"read","room":"r","msg":m1.to_string()})).await;
-    ok(&mut bob, json!({"op":"read","room":"r","msg":m1.to_string()})).await;
-    let far = (u64::MAX >> 1).to_string();
-    refused(&mut bob, json!({"op":"read","room":"r","msg":far}), "bad_request").await;
-    let r = bob.request(json!({"op":"receipts","room":"r"})).await;
-    assert_eq!(r["op"], "receipts", "{r}");
-    assert_eq!(r["read"], json!({"ann": m2.to_string(), "bob": m1.to_string()}));
+    let m2 = read_scenario(&[node.addr]).await;
     // A new connection's join carries the user's marker; it survives a restart.
     node.stop().await;
     let node = TestNode::start_in(dir.path(), &["--jwt-secret", SECRET]).await;
@@ -390,4 +384,53 @@ async fn read_markers_move_forward_and_are_listed() {
     let mut carl = user(&node, claims("carl")).await;
     assert!(carl.join("r").await.get("read").is_none());
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_markers_on_two_nodes_over_redis() {
+    let redis = RedisServer::start();
+    let bus = vec!["--redis-url".to_string(), redis.url()];
+    let cluster = processes(2, &bus, &["--jwt-secret", SECRET]);
+    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.addr).collect();
+    let m2 = read_scenario(&addrs).await;
+    let mut ann = user_at(addrs[1], claims("ann")).await;
+    assert_eq!(ann.join("r").await["read"], m2.to_string());
+}
+
+/// Markers move forward only, `receipts` lists them, and other members see
+/// `read` events: the first at once, then one a second with the latest.
+/// Returns ann's marker.
+async fn read_scenario(addrs: &[SocketAddr]) -> u64 {
+    let at = |i: usize| addrs[i % addrs.len()];
+    let mut ann = user_at(at(0), claims("ann")).await;
+    let mut bob = user_at(at(1), claims("bob")).await;
+    ann.join("r").await;
+    refused(&mut bob, json!({"op":"read","room":"r","msg":"1"}), "forbidden").await;
+    refused(&mut bob, json!({"op":"receipts","room":"r"}), "forbidden").await;
+    bob.join("r").await;
+    let m1 = ann.send_msg("r", json!(1)).await;
+    let m2 = ann.send_msg("r", json!(2)).await;
+    let m3 = ann.send_msg("r", json!(3)).await;
+    ok(&mut ann, json!({"op":"read","room":"r","msg":m1.to_string()})).await;
+    let first = bob.recv_matching(|v| v["op"] == "read").await;
+    assert_eq!(first, json!({"op":"read","room":"r","user":"ann","msg":m1.to_string()}));
+    // Within the second: coalesced, and the latest goes out after it.
+    let sent = std::time::Instant::now();
+    ok(&mut ann, json!({"op":"read","room":"r","msg":m2.to_string()})).await;
+    ok(&mut ann, json!({"op":"read","room":"r","msg":m3.to_string()})).await;
+    let next = bob.recv_matching(|v| v["op"] == "read").await;
+    assert_eq!(next["msg"], m3.to_string(), "{next}");
+    assert!(
+        sent.elapsed() > std::time::Duration::from_millis(500),
+        "held for its second"
+    );
+    // Never back.
+    ok(&mut ann, json!({"op":"read","room":"r","msg":m2.to_string()})).await;
+    ok(&mut bob, json!({"op":"read","room":"r","msg":m1.to_string()})).await;
+    let far = (u64::MAX >> 1).to_string();
+    refused(&mut bob, json!({"op":"read","room":"r","msg":far}), "bad_request").await;
+    let r = bob.request(json!({"op":"receipts","room":"r"})).await;
+    assert_eq!(r["op"], "receipts", "{r}");
+    assert_eq!(r["read"], json!({"ann": m3.to_string(), "bob": m1.to_string()}));
+    m3
 }

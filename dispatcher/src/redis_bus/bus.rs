@@ -17,6 +17,7 @@ use super::lease::NodeLease;
 use super::presence::Presence;
 use super::publish::{Append, Publisher};
 use super::readers::{ReaderContext, Readers};
+use super::reads::Reads;
 use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, origin};
 use super::trim::Trimmer;
 use super::users::UserCounts;
@@ -57,6 +58,7 @@ pub struct RedisBus {
     readers: Arc<Readers>,
     window: Window,
     changes: Changes,
+    reads: Reads,
     presence: Presence,
     users: Arc<UserCounts>,
 }
@@ -150,6 +152,10 @@ impl RedisBus {
                 closed,
                 tasks,
             }),
+            reads: Reads {
+                pool: pool.clone(),
+                layout: cfg.streams.clone(),
+            },
             changes: Changes {
                 pool: pool.clone(),
                 layout: cfg.streams.clone(),
@@ -318,7 +324,11 @@ impl Bus for RedisBus {
         origin_conn: Option<u64>,
     ) -> Result<(), BusError> {
         let origin = origin_conn.map(|c| origin(self.node_id(), c));
-        let fields = event_fields(&room, kind, &user, origin.as_deref());
+        let msg = match kind {
+            EventKind::Read { msg } => msg.to_string(),
+            _ => String::new(),
+        };
+        let fields = event_fields(&room, kind, &user, origin.as_deref(), &msg);
         let key = self.shared.layout.room_key(&room);
         self.shared.publisher.add(&key, &fields).await.map(|_| ())
     }
@@ -355,31 +365,28 @@ impl Bus for RedisBus {
         r
     }
 
-    // (1.1) Read markers live in the store; without one a cluster keeps
-    // none yet.
+    // (1.1) Read markers live in the store when there is one (durable,
+    // beside the history), else in Redis.
     async fn mark_read(&self, room: &str, user: &str, msg: u64) -> Result<bool, BusError> {
-        let store = self
-            .window
-            .store
-            .as_ref()
-            .ok_or(BusError::Unsupported("read markers without a store"))?;
-        Ok(store.mark_read(room, user, msg, protocol::id::now_ms()).await?)
+        let now = protocol::id::now_ms();
+        match &self.window.store {
+            Some(store) => Ok(store.mark_read(room, user, msg, now).await?),
+            None => self.reads.mark(room, user, msg, now).await,
+        }
     }
 
     async fn read_marker(&self, room: &str, user: &str) -> Result<Option<u64>, BusError> {
         match &self.window.store {
             Some(store) => Ok(store.read_marker(room, user).await?),
-            None => Ok(None),
+            None => self.reads.marker(room, user).await,
         }
     }
 
     async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, BusError> {
-        let store = self
-            .window
-            .store
-            .as_ref()
-            .ok_or(BusError::Unsupported("read markers without a store"))?;
-        Ok(store.read_markers(room, limit).await?)
+        match &self.window.store {
+            Some(store) => Ok(store.read_markers(room, limit).await?),
+            None => self.reads.markers(room, limit).await,
+        }
     }
 
     async fn watch(&self, room: &str) -> Result<(), BusError> {

@@ -19,6 +19,7 @@
 //! - `changes` (1.1): edits, deletions and reactions, judged and appended
 //!   by one script beside the room's stream, their state kept in Redis and
 //!   folded into what history and replay read.
+//! - `reads` (1.1): read markers in Redis, for a cluster without a store.
 //! - `presence`: per-room sets of `node|user`.
 //! - `lease`: the node id lease and heartbeat key.
 //! - [`users`]: per-user connection and send counts over the cluster, for
@@ -32,6 +33,7 @@ mod lease;
 mod presence;
 mod publish;
 mod readers;
+mod reads;
 pub mod streams;
 mod trim;
 pub mod users;

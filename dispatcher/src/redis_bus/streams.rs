@@ -8,7 +8,8 @@
 //! own connection can skip them), and for a change (1.1) `t` its target
 //! message, `x` what it does (`edit`, `delete`, `react`, `unreact`), `y` a
 //! reaction's key, `n` the key's count after it. Kinds: `m` stored message, `e` ephemeral message, `c`
-//! stored change (1.1), `j` joined, `l` left, `t` typing.
+//! stored change (1.1), `j` joined, `l` left, `t` typing, `d` a read marker
+//! moved (1.1; `m` its message).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -156,6 +157,11 @@ impl StreamLayout {
         format!("{}:{{s{}}}:rh:{room}:{id}", self.prefix, self.stream_of(room))
     }
 
+    /// (1.1) The read markers of `room` when there is no store.
+    pub fn reads_key(&self, room: &str) -> String {
+        format!("{}:reads:{{{room}}}", self.prefix)
+    }
+
     /// The set of `node|user` present in `room`.
     pub fn presence_key(&self, room: &str) -> String {
         format!("{}:presence:{{{room}}}", self.prefix)
@@ -228,21 +234,27 @@ pub fn change_fields<'a>(msg: &'a NewMessage, change: &'a Change, target: &'a st
     fields
 }
 
-/// A room event's entry fields; `origin` is `node/connection`.
+/// A room event's entry fields; `origin` is `node/connection`, `msg` a
+/// read marker's id as text (the caller owns both).
 pub fn event_fields<'a>(
     room: &'a str,
     kind: EventKind,
     user: &'a str,
     origin: Option<&'a str>,
+    msg: &'a str,
 ) -> Vec<(&'static str, &'a str)> {
     let k = match kind {
         EventKind::Joined => "j",
         EventKind::Left => "l",
         EventKind::Typing => "t",
+        EventKind::Read { .. } => "d",
     };
     let mut fields = vec![("r", room), ("f", user), ("k", k)];
     if let Some(o) = origin {
         fields.push(("o", o));
+    }
+    if let EventKind::Read { .. } = kind {
+        fields.push(("m", msg));
     }
     fields
 }
@@ -311,11 +323,14 @@ impl Entry {
                     ephemeral: false,
                 }
             }
-            "j" | "l" | "t" => Entry::Event {
+            "j" | "l" | "t" | "d" => Entry::Event {
                 room,
                 kind: match kind.as_str() {
                     "j" => EventKind::Joined,
                     "l" => EventKind::Left,
+                    "d" => EventKind::Read {
+                        msg: field(&entry.map, "m")?.parse().ok()?,
+                    },
                     _ => EventKind::Typing,
                 },
                 user: from,
@@ -484,7 +499,18 @@ mod tests {
         ));
 
         let o = origin("gw-1", 42);
-        let typing = entry("6-0", &event_fields("lobby", EventKind::Typing, "bob", Some(&o)));
+        let typing = entry("6-0", &event_fields("lobby", EventKind::Typing, "bob", Some(&o), ""));
+        let read = entry(
+            "6-1",
+            &event_fields("lobby", EventKind::Read { msg: 77 }, "bob", None, "77"),
+        );
+        assert!(matches!(
+            Entry::decode(&read),
+            Some(Entry::Event {
+                kind: EventKind::Read { msg: 77 },
+                ..
+            })
+        ));
         let e = Entry::decode(&typing).unwrap();
         assert!(e.clone().into_stored().is_none());
         assert!(matches!(

@@ -103,6 +103,7 @@ mod tests {
                 prometheus: crate::metrics::install(),
                 admission,
                 heavy_reads: tokio::sync::Semaphore::new(1),
+                read_events: Default::default(),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

@@ -6,7 +6,7 @@
 //! delivers it as its own event); it is charged to the send bucket. `read`
 //! moves the user's marker in the store; `receipts` lists the room's.
 
-use dispatcher::{BusError, Change, ChangeKind, NewMessage, Refusal};
+use dispatcher::{BusError, Change, ChangeKind, EventKind, NewMessage, Refusal};
 use protocol::ErrorCode;
 use protocol::encode::{Obj, id_map};
 
@@ -97,7 +97,21 @@ impl Session {
             return self.error(id, ErrorCode::BadRequest, "\"msg\" is not an id this server sent");
         }
         match self.node.bus.mark_read(&room, &identity.user, msg).await {
-            Ok(_) => self.reply(Obj::new("ok").id(id).str("room", &room).finish()),
+            Ok(moved) => {
+                self.reply(Obj::new("ok").id(id).str("room", &room).finish());
+                let now = tokio::time::Instant::now();
+                if moved && let Some(msg) = self.node.read_events.offer(&room, &identity.user, msg, now) {
+                    let read = EventKind::Read { msg };
+                    if let Err(e) = self
+                        .node
+                        .bus
+                        .publish_event(room, read, identity.user.clone(), None)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "read event not published");
+                    }
+                }
+            }
             Err(e) => self.unavailable(id, &e),
         }
     }
