@@ -5,7 +5,8 @@
 #
 # One release gateway node (embedded defaults but a per-IP connection rate
 # of 20/s) pinned to CPU 0. The probe (`loadtest` fan-out: 20 members in 2
-# rooms, 2 senders at RATE msg/s in all (200), `--samples` logging every latency
+# rooms, 10 senders at RATE msg/s in all (200: 20 a second each, under the
+# default per-connection send rate), `--samples` logging every latency
 # with its send time) on CPU 1, at real-time priority (PROBE_RT=0: not).
 # ROUNDS times, for each attack: a quiet window of PHASE seconds, then the
 # attacker of benches/abuse_attacks.py
@@ -78,7 +79,7 @@ echo "node on CPU 0; probe and attackers on CPU 1 (attackers at nice 19); $ROUND
 rt=()
 if [ "${PROBE_RT:-1}" = 1 ] && chrt -f 50 true 2>/dev/null; then rt=(chrt -f 50); fi
 echo "probe priority: ${rt[*]:-normal}"
-"${rt[@]}" taskset -c 1 "$TARGET/loadtest" --url "ws://$addr/ws" --connections 20 --rooms 2 --senders 2 \
+"${rt[@]}" taskset -c 1 "$TARGET/loadtest" --url "ws://$addr/ws" --connections 20 --rooms 2 --senders 10 \
     --rate "$RATE" --duration "${total}s" --drain 2s --room-prefix probe --quiet \
     --ready-file "$OUT/ready" --samples "$OUT/samples" --report "$OUT/probe.json" >/dev/null 2>"$OUT/probe.err" &
 probe=$!
