@@ -335,6 +335,23 @@ struct ApiPublish<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
     from: Option<String>,
+    /// (1.1) The message this one replies to: a decimal string, as ids are
+    /// sent, or a non-negative integer.
+    reply_to: Option<serde_json::Value>,
+}
+
+/// A `reply_to` as the protocol takes it; `Err` when it is no message id.
+fn reply_to(v: Option<&serde_json::Value>) -> Result<Option<u64>, ()> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s))
+            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse().map(Some).map_err(|_| ())
+        }
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(Some).ok_or(()),
+        Some(_) => Err(()),
+    }
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -408,15 +425,15 @@ async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> R
             ),
         );
     }
+    let Ok(reply_to) = reply_to(parsed.reply_to.as_ref()) else {
+        return api_error(
+            ErrorCode::BadRequest,
+            "\"reply_to\" must be a message id (a decimal string)",
+        );
+    };
     let msg = NewMessage {
-        room: room.into(),
-        from: from.into(),
-        body: body.get().to_owned(),
-        ephemeral: false,
-        nonce: None,
-        reply_to: None,
-        change: None,
-        moderator: false,
+        reply_to,
+        ..NewMessage::new(room, from, body.get())
     };
     match node.bus.publish(msg).await {
         Ok(p) => json(

@@ -133,7 +133,7 @@ async fn a_retry_on_another_node_is_a_duplicate_on_a_redis_cluster() {
 
 #[tokio::test]
 async fn reply_to_is_delivered_and_kept() {
-    let node = TestNode::start(&[]).await;
+    let node = TestNode::start(&["--api-key", API_KEY]).await;
     let mut a = node.guest().await;
     a.join("r").await;
     let first = a.send_msg("r", json!("question")).await;
@@ -150,5 +150,28 @@ async fn reply_to_is_delivered_and_kept() {
     assert_eq!(msgs[1]["reply_to"], first.to_string(), "{h}");
     let bad = a.request(json!({"op":"send","room":"r","body":1,"reply_to":"x"})).await;
     assert_eq!(bad["code"], "bad_request", "{bad}");
+
+    // The server API takes one too.
+    let auth = format!("Bearer {API_KEY}");
+    let body = json!({"body":"from the backend","reply_to":first.to_string()}).to_string();
+    let (status, text) = node
+        .http("POST", "/api/rooms/r/messages", &[("authorization", &auth)], &body)
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let live = a.next_msg("r").await;
+    assert_eq!(
+        (&live["from"], &live["reply_to"]),
+        (&json!("system"), &json!(first.to_string())),
+        "{live}"
+    );
+    let (status, text) = node
+        .http(
+            "POST",
+            "/api/rooms/r/messages",
+            &[("authorization", &auth)],
+            r#"{"body":1,"reply_to":"-1"}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
     node.stop().await;
 }
