@@ -488,17 +488,16 @@ impl HistoryStore for EmbeddedStore {
     }
 
     async fn read_marker(&self, room: &str, user: &str) -> Result<Option<u64>, StorageError> {
-        let k = user_key(room, user);
-        let room = room.to_owned();
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(|e| emb("begin read", e))?;
-            let table = txn.open_table(READS).map_err(|e| emb("open table", e))?;
-            match table.get(k.as_slice()).map_err(|e| emb("get", e))? {
-                Some(v) => Ok(Some(decode_read(&room, v.value())?.0)),
-                None => Ok(None),
-            }
-        })
-        .await
+        // Every join asks: one point read of a small table, in memory once
+        // read, done here rather than queued for a blocking thread (which
+        // 10,000 joins at once would wait on, each holding its connection's
+        // join state meanwhile).
+        let txn = self.db.begin_read().map_err(|e| emb("begin read", e))?;
+        let table = txn.open_table(READS).map_err(|e| emb("open table", e))?;
+        match table.get(user_key(room, user).as_slice()).map_err(|e| emb("get", e))? {
+            Some(v) => Ok(Some(decode_read(room, v.value())?.0)),
+            None => Ok(None),
+        }
     }
 
     async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError> {
