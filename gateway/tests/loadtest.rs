@@ -130,3 +130,57 @@ async fn churn_and_idle_scenarios_run_clean() {
     assert_eq!(loadtest::check(&idle, &report), None, "{report:#}");
     assert_eq!(report["connected"], 200);
 }
+
+/// (1.1) The `chat` scenario: sends mixed with edits, reactions and read
+/// markers; every stored entry (message or event) reaches every member once,
+/// and each op's acknowledgement is measured. On one node and across two
+/// nodes over Redis.
+async fn chat(urls: &[String]) {
+    let a = args(
+        urls,
+        &[
+            "--scenario",
+            "chat",
+            "--connections",
+            "60",
+            "--rooms",
+            "3",
+            "--senders",
+            "6",
+            "--rate",
+            "120",
+            "--duration",
+            "2s",
+            "--max-loss",
+            "0",
+        ],
+    );
+    let report = loadtest::run(a.clone()).await.unwrap();
+    assert_clean(&a, &report);
+    for op in ["ack", "ack_edit", "ack_react", "ack_read"] {
+        assert!(
+            report["latency_ms"][op]["count"].as_u64().unwrap() > 0,
+            "{op}: {report:#}"
+        );
+    }
+    assert!(
+        report["acked_without_entry"].as_u64().unwrap() > 0,
+        "read markers: {report:#}"
+    );
+    assert_eq!(report["unacknowledged"], 0, "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_scenario_runs_clean_on_one_node_and_over_redis() {
+    let node = TestNode::start(&[]).await;
+    chat(&[node.url()]).await;
+    let redis = RedisServer::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let url = redis.url();
+    let nodes: Vec<GatewayProcess> = dirs
+        .iter()
+        .map(|d| GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), d.path(), &["--redis-url", &url]))
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(GatewayProcess::url).collect();
+    chat(&urls).await;
+}

@@ -29,6 +29,10 @@ pub enum Scenario {
     /// Members held; meanwhile connections open, join, and close at
     /// `--churn-rate` per second.
     Churn,
+    /// (1.1) Fan-out whose senders mix sends with edits, reactions and
+    /// read markers on their own messages (`--edit-share`,
+    /// `--react-share`, `--read-share`); events count as deliveries.
+    Chat,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -86,6 +90,15 @@ pub struct Args {
     /// No live progress.
     #[arg(long)]
     pub quiet: bool,
+    /// chat: the share of sender ticks that edit their last message.
+    #[arg(long, default_value_t = 0.1)]
+    pub edit_share: f64,
+    /// chat: the share that react to it (or give a reaction back).
+    #[arg(long, default_value_t = 0.3)]
+    pub react_share: f64,
+    /// chat: the share that move the sender's read marker to it.
+    #[arg(long, default_value_t = 0.1)]
+    pub read_share: f64,
     /// Write every ack and delivery latency here, a line each:
     /// `<a|d> <sent unix µs> <latency µs>` (one process only: not with
     /// `--workers`).
@@ -130,10 +143,17 @@ impl Args {
         if self.connections == 0 || self.rooms == 0 || self.rooms > self.connections {
             bail!("--rooms must be from 1 to --connections");
         }
-        if matches!(self.scenario, Scenario::Fanout | Scenario::Reconnect)
+        if matches!(self.scenario, Scenario::Fanout | Scenario::Reconnect | Scenario::Chat)
             && (self.senders == 0 || self.rate.is_nan() || self.rate <= 0.0)
         {
-            bail!("fanout and reconnect need --senders >= 1 and --rate > 0");
+            bail!("fanout, reconnect and chat need --senders >= 1 and --rate > 0");
+        }
+        let shares = [self.edit_share, self.react_share, self.read_share];
+        if shares.iter().any(|s| !(0.0..=1.0).contains(s)) || shares.iter().sum::<f64>() > 1.0 {
+            bail!("--edit-share, --react-share and --read-share are from 0 to 1, together at most 1");
+        }
+        if self.scenario == Scenario::Chat && self.protocol != Protocol::Chat {
+            bail!("the chat scenario speaks this gateway's protocol only");
         }
         if self.scenario == Scenario::Churn && (self.churn_rate.is_nan() || self.churn_rate <= 0.0) {
             bail!("churn needs --churn-rate > 0");

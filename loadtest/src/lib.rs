@@ -24,6 +24,8 @@
 //! - `conn`: opening one connection (source address, handshake, auth, joins).
 //! - `member`: the member task and the per-delivery accounting.
 //! - `sender`: a sender's paced send loop and its read half (acks).
+//! - `chat`: the `chat` scenario's mix of sends, edits, reactions and read
+//!   markers (protocol 1.1).
 //! - `scenario`: [`run_tally`], the steps every run takes, and one submodule
 //!   per scenario (`fanout` with `reconnect`, `history`, `churn`).
 //! - [`workers`]: the parent of `--workers`, and a worker's entry point.
@@ -31,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod chat;
 mod conn;
 mod link;
 mod member;

@@ -85,7 +85,14 @@ impl Protocol {
     pub fn classify(self, f: &[u8]) -> Frame {
         match self {
             Protocol::Chat => {
-                if f.starts_with(br#"{"op":"msg""#) {
+                // (1.1) Edits, deletions and reactions are room events
+                // with ids in the room's order, delivered like messages.
+                if f.starts_with(br#"{"op":"msg""#)
+                    || f.starts_with(br#"{"op":"edit""#)
+                    || f.starts_with(br#"{"op":"react""#)
+                    || f.starts_with(br#"{"op":"unreact""#)
+                    || f.starts_with(br#"{"op":"delete""#)
+                {
                     Frame::Delivery
                 } else if f.starts_with(br#"{"op":"ok""#) {
                     Frame::Ok(number_after(f, br#""id":"#))

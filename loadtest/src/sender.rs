@@ -19,9 +19,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::args::Scenario;
+use crate::chat::{self, Op};
 use crate::conn::{Join, Ws, open};
 use crate::member::member_frame;
-use crate::proto::{self, room_number};
+use crate::proto::{self, msg_id, room_number};
 use crate::shared::Shared;
 use crate::stats::now_micros;
 
@@ -57,21 +59,27 @@ impl Sender {
     pub(crate) fn start(self, shared: &Arc<Shared>, rate: f64, until: Instant) -> (JoinHandle<()>, JoinHandle<()>) {
         let (tx, rx) = self.ws.split();
         let acks: Acks = Arc::default();
+        let targets: Targets = Arc::default();
         let (pong_tx, pong_rx) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(shared.clone(), rx, acks.clone(), pong_tx));
+        let reader = tokio::spawn(read_loop(shared.clone(), rx, acks.clone(), targets.clone(), pong_tx));
         let schedule = Schedule {
             sender: self.index,
             rooms: self.rooms,
             rate,
             until,
         };
-        let sending = tokio::spawn(send_loop(shared.clone(), tx, schedule, acks, pong_rx));
+        let sending = tokio::spawn(send_loop(shared.clone(), tx, schedule, acks, targets, pong_rx));
         (reader, sending)
     }
 }
 
-/// Pending sends of one sender: request id -> (sent at, room number).
-type Acks = Arc<Mutex<HashMap<u64, (Instant, usize)>>>;
+/// Pending requests of one sender: request id -> (sent at, room number,
+/// what it was).
+type Acks = Arc<Mutex<HashMap<u64, (Instant, usize, Op)>>>;
+
+/// chat: the sender's last acknowledged message in each room (what its
+/// edits, reactions and read markers are on).
+type Targets = Arc<Mutex<HashMap<usize, u64>>>;
 
 /// Reads a sender's frames until it closes: acknowledgements, and the
 /// deliveries it gets as a member of its rooms.
@@ -79,6 +87,7 @@ async fn read_loop(
     shared: Arc<Shared>,
     mut rx: SplitStream<Ws>,
     acks: Acks,
+    targets: Targets,
     pongs: mpsc::UnboundedSender<&'static str>,
 ) {
     let c = &shared.counters;
@@ -96,15 +105,32 @@ async fn read_loop(
                         }
                         proto::Frame::Ok(Some(id)) => {
                             let sent = acks.lock().remove(&id);
-                            if let Some((at, room)) = sent {
+                            if let Some((at, room, op)) = sent {
                                 let took = at.elapsed();
-                                shared.ack.record(took);
                                 let took_us = took.as_micros() as u64;
-                                shared
-                                    .samples
-                                    .record('a', now_micros().saturating_sub(took_us), took_us);
-                                c.acked.fetch_add(1, Ordering::Relaxed);
-                                shared.acked_by_room[room].fetch_add(1, Ordering::Relaxed);
+                                match op.index() {
+                                    None => {
+                                        shared.ack.record(took);
+                                        shared
+                                            .samples
+                                            .record('a', now_micros().saturating_sub(took_us), took_us);
+                                    }
+                                    Some(i) => shared.op_acks[i].record(took),
+                                }
+                                // A stored entry every member gets: every
+                                // send; another op when answered with an
+                                // id (not when it changed nothing, nor a
+                                // read marker).
+                                let entry = msg_id(f);
+                                if let (Op::Send, Some(entry)) = (op, entry) {
+                                    targets.lock().insert(room, entry);
+                                }
+                                if op == Op::Send || entry.is_some() {
+                                    c.acked.fetch_add(1, Ordering::Relaxed);
+                                    shared.acked_by_room[room].fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    c.unstored.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
                         proto::Frame::Error(id, code) => {
@@ -152,6 +178,7 @@ async fn send_loop(
     mut tx: SplitSink<Ws, Message>,
     schedule: Schedule,
     acks: Acks,
+    targets: Targets,
     mut pongs: mpsc::UnboundedReceiver<&'static str>,
 ) {
     let Schedule {
@@ -165,6 +192,8 @@ async fn send_loop(
     let pad = "x".repeat(shared.args.body_bytes);
     let started = Instant::now();
     let mut sent = 0u64;
+    let mut reactions = 0u64;
+    let chat = shared.args.scenario == Scenario::Chat;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while Instant::now() < until {
@@ -177,8 +206,21 @@ async fn send_loop(
             let id = sent + 1;
             let room = rooms[sent as usize % rooms.len()];
             let body = format!(r#"{{"t":{},"s":{sender},"p":"{pad}"}}"#, now_micros());
-            let frame = proto.send(id, &shared.args.room(room), &body);
-            acks.lock().insert(id, (Instant::now(), room));
+            // chat: an edit, reaction or read marker on the sender's last
+            // message in the room, once it has one.
+            let op = if chat { chat::pick(&shared.args, sent) } else { Op::Send };
+            let target = targets.lock().get(&room).copied();
+            let (op, frame) = match (op, target) {
+                (Op::Send, _) | (_, None) => (Op::Send, proto.send(id, &shared.args.room(room), &body)),
+                (op, Some(target)) => {
+                    if op == Op::React {
+                        reactions += 1;
+                    }
+                    let f = chat::frame(op, id, &shared.args.room(room), target, reactions, &body);
+                    (op, f)
+                }
+            };
+            acks.lock().insert(id, (Instant::now(), room, op));
             if tx.feed(Message::Text(frame.into())).await.is_err() {
                 c.send_errors.fetch_add(1, Ordering::Relaxed);
                 return;

@@ -23,6 +23,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) connect: Latency,
     pub(crate) ack: Latency,
+    /// chat: acknowledgements of edits, reactions and read markers
+    /// (`chat::Op::index` order).
+    pub(crate) op_acks: [Latency; 3],
     pub(crate) delivery: Latency,
     pub(crate) history: Latency,
     pub(crate) reconnect: Latency,
@@ -48,6 +51,7 @@ impl Shared {
             counters: Counters::default(),
             connect: Latency::new(),
             ack: Latency::new(),
+            op_acks: [Latency::new(), Latency::new(), Latency::new()],
             delivery: Latency::new(),
             history: Latency::new(),
             reconnect: Latency::new(),
@@ -119,6 +123,13 @@ impl Shared {
             ("churn_connect", &self.churn),
         ]
         .into_iter()
+        .chain(
+            crate::chat::Op::OTHERS
+                .iter()
+                .zip(&self.op_acks)
+                .filter(|_| self.args.scenario == crate::args::Scenario::Chat)
+                .map(|(op, l)| (op.latency_name(), l)),
+        )
         .map(|(name, l)| (name.to_string(), l.recorded()))
         .collect();
         Tally {
@@ -126,6 +137,7 @@ impl Shared {
             failed_connects: load(&c.failed_connects),
             sent: load(&c.sent),
             acked: load(&c.acked),
+            unstored: load(&c.unstored),
             send_errors: load(&c.send_errors),
             delivered: load(&c.delivered),
             duplicates: load(&c.duplicates),

@@ -32,6 +32,8 @@ pub struct Counters {
     pub failed_connects: AtomicU64,
     pub sent: AtomicU64,
     pub acked: AtomicU64,
+    /// chat: answered `ok` without a stored entry.
+    pub unstored: AtomicU64,
     pub send_errors: AtomicU64,
     pub delivered: AtomicU64,
     /// `msg` events at or below the last id the member had seen.

@@ -19,6 +19,10 @@ pub struct Tally {
     pub failed_connects: u64,
     pub sent: u64,
     pub acked: u64,
+    /// chat: requests answered `ok` without a stored entry (read markers,
+    /// reactions that changed nothing).
+    #[serde(default)]
+    pub unstored: u64,
     pub send_errors: u64,
     pub delivered: u64,
     pub duplicates: u64,
@@ -44,6 +48,7 @@ impl Tally {
             (&mut self.failed_connects, other.failed_connects),
             (&mut self.sent, other.sent),
             (&mut self.acked, other.acked),
+            (&mut self.unstored, other.unstored),
             (&mut self.send_errors, other.send_errors),
             (&mut self.delivered, other.delivered),
             (&mut self.duplicates, other.duplicates),

@@ -123,7 +123,7 @@ async fn start_gate(shared: &Shared) -> anyhow::Result<()> {
 /// A scenario's part of the run, with the connections it opens after the
 /// members and before the clock starts.
 enum Stage {
-    /// `fanout` and `reconnect`.
+    /// `fanout`, `reconnect` and `chat`.
     Fanout(Vec<Sender>),
     History(Vec<Ws>),
     Churn,
@@ -133,7 +133,9 @@ enum Stage {
 impl Stage {
     async fn open(shared: &Shared) -> anyhow::Result<Stage> {
         Ok(match shared.args.scenario {
-            Scenario::Fanout | Scenario::Reconnect => Stage::Fanout(fanout::open_senders(shared).await?),
+            Scenario::Fanout | Scenario::Reconnect | Scenario::Chat => {
+                Stage::Fanout(fanout::open_senders(shared).await?)
+            }
             Scenario::History => Stage::History(history::open_readers(shared).await?),
             Scenario::Churn => Stage::Churn,
             Scenario::Idle => Stage::Idle,
