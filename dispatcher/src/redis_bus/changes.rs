@@ -171,10 +171,23 @@ impl Changes {
                 (2, _) => return Err(BusError::Refused(Refusal::NotAllowed)),
                 (3, _) => return Err(BusError::Refused(Refusal::Unchanged)),
                 (4, _) => return Err(BusError::Refused(Refusal::TooManyKeys)),
-                (5, _) => match self.seed(&msg.room, change.target).await? {
-                    Some(s) => seed = Some(s),
-                    None => return Err(BusError::Refused(Refusal::NotFound)),
-                },
+                // The store's hold of a reaction is read beside the seed (the
+                // script would ask for it next), saving a round trip.
+                (5, _) => {
+                    let want_hint = hint.is_none() && change.kind.key().is_some() && self.store.is_some();
+                    let (found, held) = tokio::try_join!(self.seed(&msg.room, change.target), async {
+                        if want_hint {
+                            self.held(msg, change).await.map(Some)
+                        } else {
+                            Ok(hint)
+                        }
+                    })?;
+                    match found {
+                        Some(s) => seed = Some(s),
+                        None => return Err(BusError::Refused(Refusal::NotFound)),
+                    }
+                    hint = held;
+                }
                 (6, _) => hint = Some(self.held(msg, change).await?),
                 (other, _) => return Err(redis_error("EVAL", format!("unexpected reply {other}"))),
             }
