@@ -6,7 +6,9 @@
 //! [`nonce_hash`] names a (user, room, nonce) in 128 bits (a keyed SipHash,
 //! so clients cannot make two of theirs collide). The Redis bus keeps one
 //! key per nonce beside the room's stream (`redis_bus::publish`); the
-//! in-process bus keeps [`Recent`], in memory.
+//! in-process bus keeps [`Recent`] in memory, and the embedded store keeps
+//! each stored message's nonce too (`HistoryStore::nonce`), for after a
+//! restart.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hasher;

@@ -56,7 +56,10 @@ impl InProcessBus {
             last: HashMap::new(),
             forgotten_floor: 0,
             nonces: Recent::new(window),
-            nonce_key: (rand::random(), rand::random()),
+            // The store's key when it keeps nonces (so a restart still
+            // knows them), else one of this process's own.
+            nonce_key: store.nonce_key().unwrap_or_else(|| (rand::random(), rand::random())),
+            window,
         };
         let handle = tokio::spawn(seq.run(rx));
         // Nothing outside the process to lose: ready while it runs.
@@ -78,9 +81,11 @@ struct Sequencer {
     /// room's next id stays above it, even if its newest id was ephemeral
     /// (never stored).
     forgotten_floor: u64,
-    /// Send nonces of the dedupe window (in memory: a restart forgets them).
+    /// Send nonces of the dedupe window, in memory; the store keeps them
+    /// too when it can (the embedded one), for after a restart.
     nonces: Recent,
     nonce_key: (u64, u64),
+    window: Duration,
 }
 
 impl Sequencer {
@@ -159,11 +164,22 @@ impl Sequencer {
                 (Some(n), false) => Some(nonce_hash(self.nonce_key, &msg.from, &msg.room, n)),
                 _ => None,
             };
-            if let Some(n) = nonce
-                && let Some(id) = self.nonces.get(n, clock).or_else(|| fresh.get(&n).copied())
-            {
-                repeats.push((reply, id));
-                continue;
+            if let Some(n) = nonce {
+                let mut seen = self.nonces.get(n, clock).or_else(|| fresh.get(&n).copied());
+                if seen.is_none() {
+                    // Not in memory: sent before this process started?
+                    match self.store.nonce(n, now).await {
+                        Ok(id) => seen = id,
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                            continue;
+                        }
+                    }
+                }
+                if let Some(id) = seen {
+                    repeats.push((reply, id));
+                    continue;
+                }
             }
             if let Some(change) = &msg.change
                 && let Err(e) = self.judge(&mut targets, &msg, change).await
@@ -186,6 +202,7 @@ impl Sequencer {
                         body: msg.body,
                         reply_to: msg.reply_to,
                         change: msg.change,
+                        nonce: nonce.map(|n| (n, now + self.window.as_millis() as u64)),
                         ..Default::default()
                     };
                     minted.push((Arc::new(stored), msg.ephemeral, reply));

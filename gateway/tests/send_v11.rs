@@ -262,3 +262,36 @@ async fn retried_sends_survive_a_redis_restart_exactly_once() {
         "each nonce stored exactly once"
     );
 }
+
+/// On one node the embedded store keeps the nonces (in the write that
+/// stores the message, hashed with a key kept in the file): a retry after
+/// the node restarted is still answered with the first message.
+#[tokio::test]
+async fn nonces_survive_a_restart_of_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let connect = async |node: &TestNode| {
+        let mut c = node.client().await;
+        assert_eq!(
+            c.request(json!({"op":"auth","token":token(valid_claims("u1"))})).await["op"],
+            "ok"
+        );
+        c.join("r").await;
+        c
+    };
+    let node = TestNode::start_in(dir.path(), &["--jwt-secret", SECRET]).await;
+    let mut c = connect(&node).await;
+    let first = send(&mut c, "r", json!({"n":1}), "kept").await;
+    node.stop().await;
+    let node = TestNode::start_in(dir.path(), &["--jwt-secret", SECRET]).await;
+    let mut c = connect(&node).await;
+    let again = send(&mut c, "r", json!({"n":1}), "kept").await;
+    assert_eq!(
+        (&again["msg"], &again["duplicate"]),
+        (&first["msg"], &json!(true)),
+        "{again}"
+    );
+    let other = send(&mut c, "r", json!({"n":2}), "another").await;
+    assert!(other.get("duplicate").is_none(), "{other}");
+    assert_eq!(all_history(&mut c, "r").await, vec![msg_id(&first), msg_id(&other)]);
+    node.stop().await;
+}

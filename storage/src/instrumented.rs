@@ -124,4 +124,15 @@ impl<S: HistoryStore> HistoryStore for Instrumented<S> {
         self.read.record(started, &r);
         r
     }
+
+    async fn nonce(&self, hash: u128, now: u64) -> Result<Option<u64>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.nonce(hash, now).await;
+        self.read.record(started, &r);
+        r
+    }
+
+    fn nonce_key(&self) -> Option<(u64, u64)> {
+        self.inner.nonce_key()
+    }
 }

@@ -61,6 +61,11 @@ pub struct StoredMessage {
     /// writes it as it is, without reading (so concurrent persisters
     /// applying one message's reactions in any order agree); not stored.
     pub reaction_count: Option<u32>,
+    /// (1.1) A stored send's nonce, as its keyed hash, and until when (ms)
+    /// a repeat is answered with this message: kept by a store that
+    /// remembers nonces (the embedded one, for a single node), in the same
+    /// write as the message. Not part of the message.
+    pub nonce: Option<(u128, u64)>,
 }
 
 impl StoredMessage {
@@ -165,4 +170,17 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// (1.1) The room's read markers, (user, message), the `limit` most
     /// recently moved first.
     async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError>;
+
+    /// (1.1) The message a send nonce (keyed hash) was stored with, if its
+    /// window is not over at `now` (ms). Stores that keep no nonces (CQL:
+    /// a cluster keeps them in Redis) know none.
+    async fn nonce(&self, _hash: u128, _now: u64) -> Result<Option<u64>, StorageError> {
+        Ok(None)
+    }
+
+    /// (1.1) The key nonces are hashed with, the same across restarts,
+    /// when the store keeps nonces.
+    fn nonce_key(&self) -> Option<(u64, u64)> {
+        None
+    }
 }

@@ -11,6 +11,8 @@
 //! | `state` (1.1) | room, 0, id | a changed message's state ([`encode_state`]) |
 //! | `reactions` (1.1) | room, 0, user, 0, message id, key | empty: who holds which key |
 //! | `reads` (1.1) | room, 0, user | read marker: message id, when set (ms) |
+//! | `nonces` (1.1) | keyed hash of (user, room, nonce), 16 bytes | message id, window end (ms) |
+//! | `meta` | name | the store's own settings (`nonce-key`) |
 
 use crate::{Change, ChangeKind, MessageState, Reaction, StorageError, StoredMessage};
 
@@ -244,6 +246,15 @@ pub(super) fn decode_state(room: &str, v: &[u8]) -> Result<(MessageState, Option
     };
     let body = (flags & EDITED != 0).then(|| r.rest().map(str::to_owned)).transpose()?;
     Ok((state, body))
+}
+
+/// (1.1) A send nonce's row: the message id, and when its window ends (ms).
+pub(super) fn encode_nonce(id: u64, until: u64) -> [u8; 16] {
+    encode_read(id, until)
+}
+
+pub(super) fn decode_nonce(v: &[u8]) -> Option<(u64, u64)> {
+    decode_read("", v).ok()
 }
 
 /// A read marker: message id, when it was set (ms).

@@ -36,7 +36,11 @@ const EVENTS: Table = TableDefinition::new("events");
 const STATE: Table = TableDefinition::new("state");
 const REACTIONS: Table = TableDefinition::new("reactions");
 const READS: Table = TableDefinition::new("reads");
-const TABLES: [Table; 5] = [MESSAGES, EVENTS, STATE, REACTIONS, READS];
+/// (1.1) Send nonces: keyed hash (16 bytes) -> message id, window end (ms).
+const NONCES: Table = TableDefinition::new("nonces");
+/// The store's own settings: `nonce-key` (16 random bytes, first open).
+const META: Table = TableDefinition::new("meta");
+const TABLES: [Table; 7] = [MESSAGES, EVENTS, STATE, REACTIONS, READS, NONCES, META];
 /// Most appends folded into one transaction.
 const MAX_GROUP: usize = 256;
 
@@ -59,6 +63,9 @@ pub struct EmbeddedStore {
     readers: Arc<tokio::sync::Semaphore>,
     writer: Option<std_mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// What send nonces are hashed with: random at the first open, then
+    /// the same for the life of the file.
+    nonce_key: (u64, u64),
 }
 
 impl Drop for EmbeddedStore {
@@ -87,6 +94,35 @@ impl EmbeddedStore {
         for t in TABLES {
             txn.open_table(t).map_err(|e| emb("open table", e))?;
         }
+        let nonce_key = {
+            let mut meta = txn.open_table(META).map_err(|e| emb("open table", e))?;
+            let stored = meta
+                .get(b"nonce-key".as_slice())
+                .map_err(|e| emb("get", e))?
+                .and_then(|v| <[u8; 16]>::try_from(v.value()).ok());
+            let key = match stored {
+                Some(k) => k,
+                None => {
+                    let k: [u8; 16] = rand::random();
+                    meta.insert(b"nonce-key".as_slice(), k.as_slice())
+                        .map_err(|e| emb("insert", e))?;
+                    k
+                }
+            };
+            let half = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+            (half(&key[..8]), half(&key[8..]))
+        };
+        // Nonces whose window is over: gone at open, so the table holds
+        // about one window of them.
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let mut nonces = txn.open_table(NONCES).map_err(|e| emb("open table", e))?;
+            nonces
+                .retain(|_, v| codec::decode_nonce(v).is_some_and(|(_, until)| until > now))
+                .map_err(|e| emb("prune nonces", e))?;
+        }
         txn.commit().map_err(|e| emb("commit", e))?;
 
         let (tx, rx) = std_mpsc::channel();
@@ -100,6 +136,7 @@ impl EmbeddedStore {
             readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
             writer: Some(tx),
             writer_thread: Some(thread),
+            nonce_key,
         })
     }
 
@@ -206,6 +243,7 @@ struct Tables<'t> {
     state: redb::Table<'t, &'static [u8], &'static [u8]>,
     reactions: redb::Table<'t, &'static [u8], &'static [u8]>,
     reads: redb::Table<'t, &'static [u8], &'static [u8]>,
+    nonces: redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
 fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<Outcome>, StorageError> {
@@ -219,6 +257,7 @@ fn commit_group(db: &Database, group: &[Job]) -> Result<Vec<Outcome>, StorageErr
             state: open(STATE)?,
             reactions: open(REACTIONS)?,
             reads: open(READS)?,
+            nonces: open(NONCES)?,
         };
         for job in group {
             outcomes.push(match job {
@@ -255,6 +294,14 @@ fn append_in(t: &mut Tables<'_>, batch: &[StoredMessage]) -> Result<AppendReport
                 table.insert(k.as_slice(), v.as_slice()).map_err(|e| emb("insert", e))?;
                 if m.change.is_some() {
                     fold_in(t, m)?;
+                }
+                if let Some((hash, until)) = m.nonce {
+                    t.nonces
+                        .insert(
+                            hash.to_be_bytes().as_slice(),
+                            codec::encode_nonce(m.id, until).as_slice(),
+                        )
+                        .map_err(|e| emb("insert", e))?;
                 }
                 report.written += 1;
             }
@@ -498,6 +545,23 @@ impl HistoryStore for EmbeddedStore {
             Some(v) => Ok(Some(decode_read(room, v.value())?.0)),
             None => Ok(None),
         }
+    }
+
+    async fn nonce(&self, hash: u128, now: u64) -> Result<Option<u64>, StorageError> {
+        // A point read, inline, like the read marker's: one per send with a
+        // nonce the sequencer does not remember (after a restart).
+        let txn = self.db.begin_read().map_err(|e| emb("begin read", e))?;
+        let table = txn.open_table(NONCES).map_err(|e| emb("open table", e))?;
+        Ok(table
+            .get(hash.to_be_bytes().as_slice())
+            .map_err(|e| emb("get", e))?
+            .and_then(|v| codec::decode_nonce(v.value()))
+            .filter(|&(_, until)| until > now)
+            .map(|(id, _)| id))
+    }
+
+    fn nonce_key(&self) -> Option<(u64, u64)> {
+        Some(self.nonce_key)
     }
 
     async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError> {
