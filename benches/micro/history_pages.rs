@@ -6,8 +6,9 @@
 //! at most 2x).
 //!
 //! `cargo bench -p benches --bench history_pages`; set
-//! `CHAT_BENCH_CQL_NODES` to run the same against a CQL server (rooms of
-//! 10,000 entries there: its fold writes one event at a time).
+//! `CHAT_BENCH_CQL_NODES` to run the same against a CQL server, with rooms
+//! of `CHAT_BENCH_CQL_ENTRIES` entries (default 10,000: filling them folds
+//! one event at a time, with reads, which takes minutes at 100,000).
 
 #![forbid(unsafe_code)]
 
@@ -113,8 +114,12 @@ fn cql(c: &mut Criterion) {
         })
         .await
         .unwrap();
-        fill(&store, plain("plain", 10_000)).await;
-        fill(&store, busy("busy", 10_000)).await;
+        let n = std::env::var("CHAT_BENCH_CQL_ENTRIES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        fill(&store, plain("plain", n)).await;
+        fill(&store, busy("busy", n)).await;
         store
     });
     pages(c, "cql", &store, &rt);
