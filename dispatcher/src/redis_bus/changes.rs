@@ -354,43 +354,57 @@ impl Changes {
                 .collect();
             counts.sort_by(|a, b| a.key.cmp(&b.key));
             m.state.reactions = if reactions { counts } else { Vec::new() };
-            if let Some(viewer) = viewer.filter(|_| reactions && !m.state.reactions.is_empty()) {
-                let fields: Vec<String> = m
-                    .state
-                    .reactions
-                    .iter()
-                    .map(|r| format!("{}\n{viewer}", r.key))
-                    .collect();
-                pipe_holders(&mut conn, &self.layout, room, m, &fields).await?;
+        }
+        if let Some(viewer) = viewer.filter(|_| reactions) {
+            self.mark_held(&mut conn, room, viewer, page).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets `me` on the page's reactions from the Redis holders hashes
+    /// (explicit `1`/`0`; a field a hash lacks, or a hash that is gone,
+    /// keeps what the store said): one pipeline for the page, not one
+    /// round trip per reacted message.
+    async fn mark_held(
+        &self,
+        conn: &mut super::conn::Pooled,
+        room: &str,
+        viewer: &str,
+        page: &mut [StoredMessage],
+    ) -> Result<(), BusError> {
+        let asked: Vec<usize> = (0..page.len())
+            .filter(|&i| page[i].change.is_none() && !page[i].state.reactions.is_empty())
+            .collect();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for &i in &asked {
+            let fields: Vec<String> = page[i]
+                .state
+                .reactions
+                .iter()
+                .map(|r| format!("{}\n{viewer}", r.key))
+                .collect();
+            pipe.cmd("HMGET")
+                .arg(self.layout.holders_key(room, page[i].id))
+                .arg(fields);
+        }
+        let held: Vec<Vec<Option<String>>> = pipe
+            .query_async(conn)
+            .await
+            .map_err(|e| redis_error("HMGET (reaction holders)", e))?;
+        for (&i, held) in asked.iter().zip(held) {
+            for (r, h) in page[i].state.reactions.iter_mut().zip(held) {
+                match h.as_deref() {
+                    Some("1") => r.me = true,
+                    Some("0") => r.me = false,
+                    _ => {}
+                }
             }
         }
         Ok(())
     }
-}
-
-/// Sets `me` on `m`'s reactions from the holders hash (explicit `1`/`0`;
-/// a field it lacks keeps what the store said).
-async fn pipe_holders(
-    conn: &mut super::conn::Pooled,
-    layout: &StreamLayout,
-    room: &str,
-    m: &mut StoredMessage,
-    fields: &[String],
-) -> Result<(), BusError> {
-    let held: Vec<Option<String>> = redis::cmd("HMGET")
-        .arg(layout.holders_key(room, m.id))
-        .arg(fields)
-        .query_async(conn)
-        .await
-        .map_err(|e| redis_error("HMGET (reaction holders)", e))?;
-    for (r, h) in m.state.reactions.iter_mut().zip(held) {
-        match h.as_deref() {
-            Some("1") => r.me = true,
-            Some("0") => r.me = false,
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// The script's reply: its code, and the new entry's id when stored.
