@@ -1,6 +1,7 @@
-//! What storing one new event does to its target, and how replay merges
-//! messages with events: the same for every store, so the stores differ
-//! only in where they read and write.
+//! What storing one new event does to its target, how a message is shown
+//! in its state, how replay merges messages with events, and which read
+//! markers `receipts` lists: the same for every store, so the stores
+//! differ only in where they read and write.
 
 use crate::{Change, ChangeKind, MessageState, StoredMessage};
 
@@ -45,6 +46,17 @@ pub(crate) fn fold(
     Some(Folded { state, body, holder })
 }
 
+/// Shows a message in its folded state: the latest body when edited, none
+/// when deleted.
+pub(crate) fn show(m: &mut StoredMessage, state: MessageState, body: Option<String>) {
+    if state.deleted {
+        m.body.clear();
+    } else if let Some(b) = body {
+        m.body = b;
+    }
+    m.state = state;
+}
+
 /// Replay's entries: `messages` (in their current state) and `events`,
 /// each the first `limit` after one id; the first `limit` of both, in id
 /// order, with the messages' reactions left to the react events.
@@ -60,4 +72,12 @@ pub(crate) fn merge_entries(
     messages.sort_by_key(|m| m.id);
     messages.truncate(limit);
     messages
+}
+
+/// The `limit` most recently moved read markers, from (user, message,
+/// moved at ms): (user, message), the latest first.
+pub fn most_recent_markers(mut markers: Vec<(String, u64, u64)>, limit: usize) -> Vec<(String, u64)> {
+    markers.sort_by_key(|m| std::cmp::Reverse(m.2));
+    markers.truncate(limit);
+    markers.into_iter().map(|(user, msg, _)| (user, msg)).collect()
 }

@@ -33,6 +33,7 @@ pub use protocol::event::{Change, ChangeKind, MessageState, Reaction};
 
 pub use cql::{CqlConfig, CqlStore, Replication};
 pub use embedded::EmbeddedStore;
+pub use fold::most_recent_markers;
 pub use instrumented::Instrumented;
 pub use metrics::describe as describe_metrics;
 

@@ -61,12 +61,10 @@ impl Reads {
             .query_async(&mut conn)
             .await
             .map_err(|e| redis_error("HGETALL (read markers)", e))?;
-        let mut all: Vec<(u64, String, u64)> = all
+        let all = all
             .into_iter()
-            .filter_map(|(user, v)| parse(&v).map(|(m, at)| (at, user, m)))
+            .filter_map(|(user, v)| parse(&v).map(|(m, at)| (user, m, at)))
             .collect();
-        all.sort_by_key(|m| std::cmp::Reverse(m.0));
-        all.truncate(limit);
-        Ok(all.into_iter().map(|(_, user, m)| (user, m)).collect())
+        Ok(storage::most_recent_markers(all, limit))
     }
 }

@@ -29,7 +29,7 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{CqlStore, cql_err};
-use crate::fold::{Folded, fold};
+use crate::fold::{Folded, fold, most_recent_markers, show};
 use crate::{Change, ChangeKind, MessageState, Reaction, StorageError, StoredMessage};
 
 /// An id as a `bigint` that sorts like the id.
@@ -174,15 +174,6 @@ type StateRow = (
     Option<BTreeMap<String, i32>>,
 );
 
-fn kind_name(kind: &ChangeKind) -> (&'static str, Option<&str>) {
-    match kind {
-        ChangeKind::Edit => ("edit", None),
-        ChangeKind::Delete => ("delete", None),
-        ChangeKind::React(k) => ("react", Some(k)),
-        ChangeKind::Unreact(k) => ("unreact", Some(k)),
-    }
-}
-
 fn event_of(room: &str, row: EventRow) -> Result<StoredMessage, StorageError> {
     let (ms, seq, target, kind, sender, ts, body) = row;
     let body = body.unwrap_or_default();
@@ -235,16 +226,6 @@ fn state_of(row: StateRow) -> (u64, MessageState, Option<String>) {
     (protocol::id::pack(ms as u64, seq as u64), state, body)
 }
 
-/// Folds a state into its message (the latest body; none when deleted).
-fn show_state(m: &mut StoredMessage, state: MessageState, body: Option<String>) {
-    if state.deleted {
-        m.body.clear();
-    } else if let Some(b) = body {
-        m.body = b;
-    }
-    m.state = state;
-}
-
 impl CqlStore {
     /// Stores events in order: each one new is folded into its target's
     /// state and written to `events`; a redelivered one is a duplicate.
@@ -292,7 +273,7 @@ impl CqlStore {
                 .execute_unpaged(&self.insert_bucket, (&m.room, bucket))
                 .await
                 .map_err(|x| cql_err("insert bucket")(x.to_string()))?;
-            let (kind, key) = kind_name(&change.kind);
+            let (kind, key) = (change.kind.op(), change.kind.key());
             let body = key
                 .map(str::to_owned)
                 .or_else(|| (change.kind == ChangeKind::Edit).then(|| m.body.clone()));
@@ -431,7 +412,7 @@ impl CqlStore {
             {
                 let (id, state, body) = state_of(row);
                 if let Ok(k) = page[i..j].binary_search_by_key(&id, |m| m.id) {
-                    show_state(&mut page[i + k], state, body);
+                    show(&mut page[i + k], state, body);
                 }
             }
             i = j;
@@ -447,7 +428,7 @@ impl CqlStore {
         let Some(mut m) = out.pop() else { return Ok(None) };
         if let Some(row) = self.state_row(room, id).await? {
             let (_, state, body) = state_of(row);
-            show_state(&mut m, state, body);
+            show(&mut m, state, body);
         }
         Ok(Some(m))
     }
@@ -546,15 +527,14 @@ impl CqlStore {
             .execute_iter(self.events.reads.clone(), (room,))
             .await
             .map_err(|e| cql_err("read markers")(e.to_string()))?;
-        let mut all: Vec<(String, i64, i64)> = pager
+        let all: Vec<(String, u64, u64)> = pager
             .rows_stream::<(String, i64, i64)>()
             .map_err(|e| cql_err("read markers")(e.to_string()))?
+            .map_ok(|(user, msg, at)| (user, unord(msg), at as u64))
             .try_collect()
             .await
             .map_err(|e| cql_err("read markers")(e.to_string()))?;
-        all.sort_by_key(|m| std::cmp::Reverse(m.2));
-        all.truncate(limit);
-        Ok(all.into_iter().map(|(u, m, _)| (u, unord(m))).collect())
+        Ok(most_recent_markers(all, limit))
     }
 }
 

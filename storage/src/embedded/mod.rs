@@ -25,7 +25,7 @@ use self::codec::{
     decode_event, decode_message, decode_read, decode_state, encode_event, encode_message, encode_read, encode_state,
     key, reaction_key, reaction_key_end, split_reaction_key, user_key,
 };
-use crate::fold::{fold, merge_entries};
+use crate::fold::{fold, merge_entries, most_recent_markers, show};
 use crate::{AppendReport, HistoryStore, MessageState, Page, StorageError, StoredMessage};
 
 mod codec;
@@ -115,9 +115,7 @@ impl EmbeddedStore {
         // Nonces whose window is over: gone at open, so the table holds
         // about one window of them.
         {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now = protocol::id::now_ms();
             let mut nonces = txn.open_table(NONCES).map_err(|e| emb("open table", e))?;
             nonces
                 .retain(|_, v| codec::decode_nonce(v).is_some_and(|(_, until)| until > now))
@@ -370,12 +368,7 @@ type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 fn with_state(state: &ReadTable, mut m: StoredMessage) -> Result<StoredMessage, StorageError> {
     if let Some(v) = state.get(key(&m.room, m.id).as_slice()).map_err(|e| emb("get", e))? {
         let (s, body) = decode_state(&m.room, v.value())?;
-        if s.deleted {
-            m.body.clear();
-        } else if let Some(b) = body {
-            m.body = b;
-        }
-        m.state = s;
+        show(&mut m, s, body);
     }
     Ok(m)
 }
@@ -577,12 +570,9 @@ impl HistoryStore for EmbeddedStore {
                     .map_err(|_| emb("decode", format!("corrupt read marker in room {room:?}")))?
                     .to_owned();
                 let (msg, at) = decode_read(&room, v.value())?;
-                all.push((at, user, msg));
+                all.push((user, msg, at));
             }
-            // The most recently moved first.
-            all.sort_by_key(|m| std::cmp::Reverse(m.0));
-            all.truncate(limit);
-            Ok(all.into_iter().map(|(_, user, msg)| (user, msg)).collect())
+            Ok(most_recent_markers(all, limit))
         })
         .await
     }
