@@ -25,7 +25,9 @@ use tokio::task::JoinHandle;
 
 use crate::changes::{Refusal, Target};
 use crate::dedupe::{Recent, nonce_hash};
-use crate::{Bus, BusError, Change, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
+use crate::{
+    Bus, BusError, Change, Control, Delivery, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage,
+};
 
 /// Publishes the sequencer folds into one store append.
 const MAX_BATCH: usize = 1024;
@@ -352,6 +354,32 @@ impl Bus for InProcessBus {
 
     async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, BusError> {
         Ok(self.store.read_markers(room, limit).await?)
+    }
+
+    async fn control(&self, action: Control) -> Result<(), BusError> {
+        match &action {
+            Control::Kick {
+                room,
+                user,
+                ban_until: Some(until),
+            } => self.store.set_ban(room, user, *until).await?,
+            Control::Revoke {
+                user,
+                before,
+                keep_until,
+            } => self.store.set_revoked(user, *before, *keep_until).await?,
+            _ => {}
+        }
+        self.sink.control(&action);
+        Ok(())
+    }
+
+    async fn ban(&self, room: &str, user: &str) -> Result<Option<u64>, BusError> {
+        Ok(self.store.ban(room, user, protocol::id::now_ms()).await?)
+    }
+
+    async fn revoked(&self, user: &str) -> Result<Option<u64>, BusError> {
+        Ok(self.store.revoked(user, protocol::id::now_ms()).await?)
     }
 
     fn is_ready(&self) -> bool {

@@ -20,6 +20,9 @@
 //!   stored, judged against its target's state.
 //! - [`dedupe`]: send nonces (1.1): which repeated sends are answered with
 //!   the first one's id instead of being stored again.
+//! - [`control`] (1.1): the server API's operator actions (kick and ban,
+//!   disconnect, revoke), stored where they must last and handed to every
+//!   node's [`Sink::control`].
 //! - `metrics`: the `gateway_bus_*` and `gateway_persister_*` metrics
 //!   ([`describe_metrics`] registers their help text).
 //!
@@ -29,6 +32,7 @@
 
 pub mod backoff;
 pub mod changes;
+pub mod control;
 pub mod dedupe;
 pub mod inprocess;
 mod metrics;
@@ -40,6 +44,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 pub use changes::Refusal;
+pub use control::Control;
 pub use metrics::{describe as describe_metrics, exporter_builder};
 pub use storage::{Change, ChangeKind, Page, StoredMessage};
 
@@ -149,6 +154,10 @@ impl Delivery {
 /// published them, beside the sequencer.
 pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, batch: Vec<Delivery>);
+
+    /// (1.1) An operator action for this node's connections (see
+    /// [`control`]). Must not block.
+    fn control(&self, _action: &Control) {}
 }
 
 /// What `join` with `since` can replay.
@@ -245,9 +254,33 @@ pub trait Bus: Send + Sync + 'static {
     /// A local connection left `room` (one call per `watch`).
     fn unwatch(&self, _room: &str) {}
 
-    /// A user's presence in a room on this node began or ended.
-    async fn presence_changed(&self, _room: &str, _user: &str, _present: bool) -> Result<(), BusError> {
+    /// A user's connections in a room on this node changed: `connections`
+    /// is how many there are now (0: the user's presence here ended).
+    async fn presence_changed(&self, _room: &str, _user: &str, _connections: u32) -> Result<(), BusError> {
         Ok(())
+    }
+
+    /// (1.1) Each user in a room across the cluster with their number of
+    /// connections in it; `None` when the bus knows no more than this node.
+    async fn room_members(&self, _room: &str) -> Result<Option<Vec<(String, u32)>>, BusError> {
+        Ok(None)
+    }
+
+    /// (1.1) Stores what `action` leaves behind (a ban, a revocation) and
+    /// hands it to every node's [`Sink::control`], this one's included.
+    async fn control(&self, _action: Control) -> Result<(), BusError> {
+        Err(BusError::Unsupported("operator actions"))
+    }
+
+    /// (1.1) Until when (Unix ms) `user` is banned from `room`, if now.
+    async fn ban(&self, _room: &str, _user: &str) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
+
+    /// (1.1) Tokens of `user` issued before this time (Unix ms) are
+    /// revoked, if such a revocation stands.
+    async fn revoked(&self, _user: &str) -> Result<Option<u64>, BusError> {
+        Ok(None)
     }
 
     /// The users present in a room across the cluster; `None` when the bus

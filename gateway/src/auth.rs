@@ -32,6 +32,8 @@ pub struct Identity {
     /// The token's `exp` (Unix seconds); 0 for guests (no expiry). Not an
     /// `Option`: the identity lives in every connection.
     pub expires_at: u64,
+    /// (1.1) The token's `iat` (Unix seconds), for revocations.
+    pub iat: Option<u64>,
 }
 
 impl Identity {
@@ -45,6 +47,11 @@ impl Identity {
     }
 
     /// Seconds until the token expires (0 once it has); `None` for guests.
+    /// A guest: no token, nothing to revoke.
+    pub fn is_guest(&self) -> bool {
+        self.expires_at == 0
+    }
+
     pub fn expires_in(&self) -> Option<u64> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -71,6 +78,12 @@ pub enum AuthError {
         protocol::user::MAX_USER_LEN
     )]
     BadUser,
+    /// (1.1) Revocations are kept as long as the longest lifetime accepted.
+    #[error("token lifetime is over the {0} this server accepts")]
+    TooLong(String),
+    /// (1.1) Issued before a revocation of the user's tokens.
+    #[error("token revoked")]
+    Revoked,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +91,8 @@ struct Claims {
     sub: String,
     /// A NumericDate: RFC 7519 allows fractions.
     exp: f64,
+    #[serde(default)]
+    iat: Option<f64>,
     #[serde(default)]
     rooms: Option<Vec<String>>,
     #[serde(default, rename = "mod")]
@@ -96,6 +111,8 @@ impl AuthError {
                 _ => "invalid",
             },
             AuthError::BadUser => "bad_user",
+            AuthError::TooLong(_) => "lifetime",
+            AuthError::Revoked => "revoked",
         }
     }
 }
@@ -104,6 +121,9 @@ pub struct Authenticator {
     jwt: Option<JwtSettings>,
     anonymous: bool,
     default_rooms: Arc<[String]>,
+    /// (1.1) The longest token lifetime accepted (`exp` - `iat`, or `exp` -
+    /// now without `iat`).
+    max_lifetime: std::time::Duration,
 }
 
 /// jsonwebtoken needs exactly one crypto provider installed before the first
@@ -124,6 +144,7 @@ impl Authenticator {
             jwt: settings.jwt.clone(),
             anonymous: settings.anonymous,
             default_rooms: settings.config.default_rooms.clone().into(),
+            max_lifetime: settings.config.token_max_lifetime,
         }
     }
 
@@ -173,6 +194,18 @@ impl Authenticator {
             );
             return Err(AuthError::BadUser);
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let lifetime = claims.exp - claims.iat.unwrap_or(now);
+        // The leeway of the other time claims.
+        if lifetime > self.max_lifetime.as_secs_f64() + 5.0 {
+            tracing::debug!(lifetime, "token refused: lifetime over the maximum");
+            return Err(AuthError::TooLong(
+                humantime::format_duration(self.max_lifetime).to_string(),
+            ));
+        }
         let rooms = match claims.rooms {
             Some(r) => r.into(),
             None => self.default_rooms.clone(),
@@ -183,6 +216,7 @@ impl Authenticator {
             mods: claims.mods.map(Into::into),
             // At least 1: 0 is a guest's.
             expires_at: (claims.exp.max(1.0)) as u64,
+            iat: claims.iat.map(|t| t.max(0.0) as u64),
         })
     }
 
@@ -193,6 +227,7 @@ impl Authenticator {
             rooms: self.default_rooms.clone(),
             mods: None,
             expires_at: 0,
+            iat: None,
         }
     }
 }

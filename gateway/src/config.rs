@@ -91,9 +91,16 @@ pub struct Config {
           value_parser = clap::builder::BoolishValueParser::new(), action = ArgAction::Set)]
     pub allow_anonymous: Option<bool>,
 
-    /// Bearer key for the server API (`/api/...`). Unset: the API answers 401.
+    /// Bearer key for the server API (`/api/...`), named `default` in logs
+    /// and metrics. With neither this nor `api_keys`, the API answers 401.
     #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// (1.1) More server API keys, comma-separated `name=key` (keys of at
+    /// least 16 bytes): any of them is accepted, so a key rotates without
+    /// downtime. The name goes to logs and metrics, never the key.
+    #[arg(long, env = "GATEWAY_API_KEYS", hide_env_values = true, value_delimiter = ',')]
+    pub api_keys: Vec<String>,
 
     /// Room patterns a user may join when the token has no `rooms` claim
     /// (comma-separated; `*`, exact names, or prefixes ending in `*`).
@@ -251,6 +258,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_TOKEN_EXPIRY_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub token_expiry_grace: Duration,
 
+    /// (1.1) The longest token lifetime accepted (`exp` - `iat`; `exp` -
+    /// now without `iat`); longer ones are refused. A revocation is kept
+    /// this long, after which every token it covers has expired.
+    #[arg(long, env = "GATEWAY_TOKEN_MAX_LIFETIME", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub token_max_lifetime: Duration,
+
     /// Time allowed to drain on SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -282,6 +295,8 @@ pub struct Settings {
     pub cluster: Cluster,
     /// Trusted proxies and allowed origins, parsed.
     pub admission: crate::admission::Policy,
+    /// (1.1) The server API's keys, by name.
+    pub api_keys: crate::api::keys::ApiKeys,
 }
 
 impl Config {
@@ -301,6 +316,11 @@ impl Config {
         Config {
             jwt_secret: hide(&self.jwt_secret),
             api_key: hide(&self.api_key),
+            api_keys: self
+                .api_keys
+                .iter()
+                .map(|k| format!("{}=<redacted>", k.split_once('=').map_or("?", |(n, _)| n)))
+                .collect(),
             ..self.clone()
         }
     }
@@ -328,6 +348,9 @@ impl Config {
         }
         if c.ping_interval < Duration::from_millis(100) {
             return Err(invalid("ping_interval", "must be at least 100ms"));
+        }
+        if c.token_max_lifetime < Duration::from_secs(60) {
+            return Err(invalid("token_max_lifetime", "must be at least 60s"));
         }
         if c.auth_timeout.is_zero() {
             return Err(invalid("auth_timeout", "must be more than 0"));
@@ -411,6 +434,8 @@ impl Config {
             anonymous,
         )
         .map_err(|e| invalid(e.setting(), e.to_string()))?;
+        let api_keys = crate::api::keys::ApiKeys::parse(c.api_key.as_deref(), &c.api_keys)
+            .map_err(|e| invalid("api_keys", e.to_string()))?;
         let shards = if c.shards == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -426,6 +451,7 @@ impl Config {
             shards,
             cluster,
             admission,
+            api_keys,
         })
     }
 }

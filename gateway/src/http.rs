@@ -1,5 +1,5 @@
 //! HTTP beside the WebSocket: routing, the upgrade at `/ws`, health,
-//! readiness, metrics, and the server API.
+//! readiness, metrics; `/api/...` goes to [`crate::api`].
 //!
 //! What hyper leaves to us is checked here: a request's `Host` (RFC 9112
 //! 3.2: one, valid, and required in HTTP/1.1; else 400 and the connection
@@ -20,23 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dispatcher::{NewMessage, Page};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use protocol::ErrorCode;
-use protocol::encode::{Obj, history_reply};
-use protocol::room::is_valid_room;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 
 use crate::admission::{Refusal, Slot};
 use crate::auth::{AuthError, Identity};
-use crate::view::view;
 use crate::{Node, auth, conn, metrics};
 
 type Body = Full<Bytes>;
@@ -110,7 +103,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, listen
             .body(Full::new(Bytes::from(metrics::render(&node))))
             .expect("static response parts"),
         _ if internal => text(StatusCode::NOT_FOUND, "not found\n"),
-        _ if path.starts_with("/api/rooms/") => api(node, req).await,
+        _ if path.starts_with("/api/") => crate::api::serve(node, req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -137,7 +130,7 @@ fn is_valid_host(host: &HeaderValue) -> bool {
 }
 
 /// `response` with `Connection: close`: hyper closes the connection after it.
-fn closing(mut response: Response<Body>) -> Response<Body> {
+pub(crate) fn closing(mut response: Response<Body>) -> Response<Body> {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -150,35 +143,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .expect("static response parts")
-}
-
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts")
-}
-
-/// `{"code":..,"message":..}` with the matching HTTP status.
-fn api_error(code: ErrorCode, message: &str) -> Response<Body> {
-    let status = match code {
-        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    json(
-        status,
-        Obj::new("error")
-            .str("code", code.as_str())
-            .str("message", message)
-            .finish(),
-    )
 }
 
 fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -298,194 +262,4 @@ fn upgrade_required(body: &'static str) -> Response<Body> {
         .header(header::CONNECTION, "upgrade")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .expect("static response parts")
-}
-
-/// Reads a request body of at most `limit` bytes within the node's
-/// `http_body_timeout`, so a client trickling its body cannot hold a
-/// request open: too slow gets 408 and the connection closes (the rest of
-/// the body is never read); too large 413.
-async fn read_body(node: &Node, body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    let timeout = node.settings.config.http_body_timeout;
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(api_error(
-            ErrorCode::TooLarge,
-            &format!("request body is over {limit} bytes"),
-        )),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "server API: reading the request body failed");
-            Err(api_error(ErrorCode::BadRequest, "reading the request body failed"))
-        }
-        Err(_) => {
-            let message = format!(
-                "request body not received within {}",
-                humantime::format_duration(timeout)
-            );
-            let mut response = api_error(ErrorCode::BadRequest, &message);
-            *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-            Err(closing(response))
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct ApiPublish<'a> {
-    /// `Some` whenever the field is there, `null` included (a body may be
-    /// any JSON value); serde's `Option` would read `null` as absent.
-    #[serde(borrow, default, deserialize_with = "present")]
-    body: Option<&'a RawValue>,
-    from: Option<String>,
-    /// (1.1) The message this one replies to: a decimal string, as ids are
-    /// sent, or a non-negative integer.
-    reply_to: Option<serde_json::Value>,
-}
-
-/// A `reply_to` as the protocol takes it; `Err` when it is no message id.
-fn reply_to(v: Option<&serde_json::Value>) -> Result<Option<u64>, ()> {
-    match v {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s))
-            if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            s.parse().map(Some).map_err(|_| ())
-        }
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(Some).ok_or(()),
-        Some(_) => Err(()),
-    }
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
-/// `POST|GET /api/rooms/{room}/messages`, behind the API key.
-async fn api(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    let Some(room) = req
-        .uri()
-        .path()
-        .strip_prefix("/api/rooms/")
-        .and_then(|r| r.strip_suffix("/messages"))
-    else {
-        return api_error(ErrorCode::NotFound, "no such API path");
-    };
-    let room = room.to_owned();
-    if !is_valid_room(&room) {
-        return api_error(
-            ErrorCode::BadRequest,
-            "invalid room: use 1 to 128 characters of [A-Za-z0-9_.:-]",
-        );
-    }
-    match (&node.settings.config.api_key, auth::bearer(req.headers())) {
-        (None, _) => return api_error(ErrorCode::Unauthorized, "the server API is off: set GATEWAY_API_KEY"),
-        (Some(key), Some(given)) if constant_time_eq(key.as_bytes(), given.as_bytes()) => {}
-        _ => return api_error(ErrorCode::Unauthorized, "missing or wrong API key"),
-    }
-    match *req.method() {
-        Method::POST => api_publish(node, room, req).await,
-        Method::GET => api_history(node, room, req.uri().query().unwrap_or("")).await,
-        _ => api_error(ErrorCode::BadRequest, "use GET or POST"),
-    }
-}
-
-async fn api_publish(node: Arc<Node>, room: String, req: Request<Incoming>) -> Response<Body> {
-    let c = &node.settings.config;
-    let bytes = match read_body(&node, req.into_body(), c.max_frame_bytes).await {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
-    // serde_json's words (offsets, type names) are logged, not sent.
-    let parsed: ApiPublish = match serde_json::from_slice(&bytes) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(error = %e, "server API: refused request body");
-            let message = match e.classify() {
-                serde_json::error::Category::Data => "a request is {\"body\":<any JSON>,\"from\":<user id>?}",
-                _ => "malformed JSON",
-            };
-            return api_error(ErrorCode::BadRequest, message);
-        }
-    };
-    let Some(body) = parsed.body else {
-        return api_error(ErrorCode::BadRequest, "missing \"body\"");
-    };
-    if body.get().len() > c.max_body_bytes {
-        return api_error(ErrorCode::TooLarge, &format!("body is over {} bytes", c.max_body_bytes));
-    }
-    // The rules a WebSocket body meets: one depth limit, one grammar.
-    if let Err(e) = protocol::body::validate(body.get()) {
-        return api_error(ErrorCode::BadRequest, &e.to_string());
-    }
-    let from = parsed.from.unwrap_or_else(|| "system".into());
-    if !protocol::user::is_valid_user_id(&from) {
-        return api_error(
-            ErrorCode::BadRequest,
-            &format!(
-                "\"from\" must be 1 to {} bytes without control, bidirectional or invisible format characters",
-                protocol::user::MAX_USER_LEN
-            ),
-        );
-    }
-    let Ok(reply_to) = reply_to(parsed.reply_to.as_ref()) else {
-        return api_error(
-            ErrorCode::BadRequest,
-            "\"reply_to\" must be a message id (a decimal string)",
-        );
-    };
-    let msg = NewMessage {
-        reply_to,
-        ..NewMessage::new(room, from, body.get())
-    };
-    match node.bus.publish(msg).await {
-        Ok(p) => json(
-            StatusCode::OK,
-            Obj::new("ok").msg_id("msg", p.id).num("ts", p.ts).finish(),
-        ),
-        Err(e) => api_unavailable(&e),
-    }
-}
-
-async fn api_history(node: Arc<Node>, room: String, query: &str) -> Response<Body> {
-    let (mut before, mut after, mut limit) = (None, None, protocol::HISTORY_DEFAULT_LIMIT);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if value.is_empty() {
-            continue;
-        }
-        let Ok(n) = value.parse::<u64>() else {
-            return api_error(ErrorCode::BadRequest, &format!("{key} must be a non-negative integer"));
-        };
-        match key {
-            "before" => before = Some(n),
-            "after" => after = Some(n),
-            "limit" if (1..=protocol::HISTORY_MAX_LIMIT as u64).contains(&n) => limit = n as usize,
-            "limit" => {
-                return api_error(
-                    ErrorCode::BadRequest,
-                    &format!("limit must be from 1 to {}", protocol::HISTORY_MAX_LIMIT),
-                );
-            }
-            _ => {}
-        }
-    }
-    let page = match (before, after) {
-        (Some(_), Some(_)) => return api_error(ErrorCode::BadRequest, "give before or after, not both"),
-        (Some(b), None) => Page::Before(b),
-        (None, Some(a)) => Page::After(a),
-        (None, None) => Page::Newest,
-    };
-    match node.bus.history(&room, page, limit, None).await {
-        Ok(messages) => json(StatusCode::OK, history_reply(None, &room, messages.iter().map(view))),
-        Err(e) => api_unavailable(&e),
-    }
-}
-
-/// The bus failed: fixed text out, the bus's own words (Redis commands,
-/// hosts) to the log.
-fn api_unavailable(e: &dispatcher::BusError) -> Response<Body> {
-    tracing::debug!(error = %e, "server API: bus unavailable");
-    api_error(ErrorCode::Unavailable, "service unavailable, retry")
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

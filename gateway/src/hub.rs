@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use dispatcher::{Delivery, EventKind, Sink};
+use dispatcher::{Control, Delivery, EventKind, Sink};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use protocol::encode::{Obj, msg_event, room_user_event};
@@ -91,6 +91,9 @@ pub struct Queue {
     pub overflowed: bool,
     /// The connection is gone; pushes are dropped.
     pub closed: bool,
+    /// (1.1) Operator actions for the connection's task to carry out
+    /// (boxed: almost every connection never gets one).
+    pub commands: Option<Box<Vec<Control>>>,
 }
 
 pub struct ConnHandle {
@@ -251,6 +254,22 @@ impl ConnHandle {
         self.queue.lock().overflowed
     }
 
+    /// (1.1) Queues an operator action for the connection's task.
+    pub fn command(&self, action: Control) {
+        let mut q = self.queue.lock();
+        if q.closed {
+            return;
+        }
+        q.commands.get_or_insert_default().push(action);
+        drop(q);
+        self.signal();
+    }
+
+    /// (1.1) The operator actions queued since the last call.
+    pub fn take_commands(&self) -> Option<Box<Vec<Control>>> {
+        self.queue.lock().commands.take()
+    }
+
     /// Marks the connection gone and frees its queue.
     pub fn close(&self) {
         let mut q = self.queue.lock();
@@ -260,6 +279,7 @@ impl ConnHandle {
         q.own_bytes = 0;
         q.bytes = 0;
         q.stalled_since = None;
+        q.commands = None;
     }
 }
 
@@ -291,11 +311,15 @@ pub struct Membership {
     pub room_edge: bool,
     /// The user's first connection in the room joined, or its last left.
     pub user_edge: bool,
+    /// The user's connections in the room on this node now.
+    pub user_connections: u32,
 }
 
 const REGISTRY_STRIPES: usize = 16;
 
 pub struct Hub {
+    /// (1.1) Each user's connections, for operator actions.
+    pub users: crate::moderation::UserConns,
     shards: Vec<mpsc::UnboundedSender<ShardCmd>>,
     registry: Vec<Mutex<HashMap<Arc<str>, RoomState>>>,
     hasher: std::collections::hash_map::RandomState,
@@ -313,6 +337,7 @@ impl Hub {
             })
             .collect();
         Arc::new(Hub {
+            users: Default::default(),
             shards: senders,
             registry: (0..REGISTRY_STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
@@ -358,6 +383,7 @@ impl Hub {
             Membership {
                 room_edge,
                 user_edge: *count == 1,
+                user_connections: *count,
             }
         };
         let (done, wait) = oneshot::channel();
@@ -385,25 +411,42 @@ impl Hub {
             return Membership {
                 room_edge: false,
                 user_edge: false,
+                user_connections: 0,
             };
         };
         state.per_shard[shard] = state.per_shard[shard].saturating_sub(1);
-        let user_edge = match state.users.get_mut(user) {
+        let (user_edge, user_connections) = match state.users.get_mut(user) {
             Some(n) if *n <= 1 => {
                 state.users.remove(user);
-                true
+                (true, 0)
             }
             Some(n) => {
                 *n -= 1;
-                false
+                (false, *n)
             }
-            None => false,
+            None => (false, 0),
         };
         let room_edge = state.per_shard.iter().all(|&n| n == 0);
         if room_edge {
             reg.remove(room);
         }
-        Membership { room_edge, user_edge }
+        Membership {
+            room_edge,
+            user_edge,
+            user_connections,
+        }
+    }
+
+    /// (1.1) Each user in the room on this node with their connections in
+    /// it, sorted.
+    pub fn members(&self, room: &str) -> Vec<(Arc<str>, u32)> {
+        let reg = self.stripe(room).lock();
+        let mut users: Vec<(Arc<str>, u32)> = reg
+            .get(room)
+            .map(|s| s.users.iter().map(|(u, n)| (u.clone(), *n)).collect())
+            .unwrap_or_default();
+        users.sort();
+        users
     }
 
     /// Users with a connection in the room on this node, sorted.
@@ -530,5 +573,9 @@ impl Sink for Router {
                 let _ = hub.shards[i].send(ShardCmd::Deliver(batch));
             }
         }
+    }
+
+    fn control(&self, action: &Control) {
+        self.hub.users.apply(action);
     }
 }

@@ -7,7 +7,8 @@
 //! - [`Node`] (`node.rs`): what every connection and HTTP handler of one
 //!   node shares.
 //! - [`http`]: hyper 1 routes; `/ws` upgrades hand the raw socket to
-//!   [`conn`], one small task per connection.
+//!   [`conn`], one small task per connection; `/api/...` is the server API
+//!   ([`api`]: messages, moderation, room info, behind named API keys).
 //! - [`conn`]: one connection, in layers that depend one way: the socket
 //!   (`conn/socket.rs`: the wait, read bursts, writes, the close), frames
 //!   to requests (`conn/frames.rs`), the ops one file per family under
@@ -27,6 +28,8 @@
 //!   followed so keys rotate without a restart. [`metrics`]: `gateway_*` metrics.
 //! - [`read_events`] (1.1): `read` events, coalesced to one per user and
 //!   room per second on a node.
+//! - [`moderation`] (1.1): each user's connections on this node, and the
+//!   operator actions (kick, disconnect, revoke) queued on them.
 //! - `accept`: the client listener's accept step, which closes connections
 //!   over their address's rate before tokio registers them.
 //! - `server`: [`run`] wires them to the bus (`dispatcher`) and the store
@@ -37,6 +40,7 @@
 
 mod accept;
 pub mod admission;
+pub mod api;
 pub mod auth;
 pub mod config;
 mod conn;
@@ -45,6 +49,7 @@ pub mod hub;
 pub mod jwks;
 pub mod jwt;
 pub mod metrics;
+pub mod moderation;
 mod node;
 pub mod read_events;
 mod server;

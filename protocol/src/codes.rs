@@ -38,6 +38,8 @@ pub mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const UNAUTHORIZED: u16 = 4001;
+    /// (1.1) Disconnected by an operator, or the token was revoked.
+    pub const DISCONNECTED: u16 = 4003;
     pub const SLOW_CONSUMER: u16 = 4008;
     pub const RATE_LIMITED: u16 = 4029;
 }

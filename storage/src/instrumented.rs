@@ -135,4 +135,32 @@ impl<S: HistoryStore> HistoryStore for Instrumented<S> {
     fn nonce_key(&self) -> Option<(u64, u64)> {
         self.inner.nonce_key()
     }
+
+    async fn set_ban(&self, room: &str, user: &str, until: u64) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let r = self.inner.set_ban(room, user, until).await;
+        self.write.record(started, &r);
+        r
+    }
+
+    async fn ban(&self, room: &str, user: &str, now: u64) -> Result<Option<u64>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.ban(room, user, now).await;
+        self.read.record(started, &r);
+        r
+    }
+
+    async fn set_revoked(&self, user: &str, before: u64, keep_until: u64) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let r = self.inner.set_revoked(user, before, keep_until).await;
+        self.write.record(started, &r);
+        r
+    }
+
+    async fn revoked(&self, user: &str, now: u64) -> Result<Option<u64>, StorageError> {
+        let started = Instant::now();
+        let r = self.inner.revoked(user, now).await;
+        self.read.record(started, &r);
+        r
+    }
 }

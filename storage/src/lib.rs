@@ -124,6 +124,9 @@ pub enum StorageError {
     IdConflicts(Vec<(String, u64)>),
     #[error("the store is shut down")]
     Closed,
+    /// (1.1) What this store does not keep.
+    #[error("this store keeps no {0}")]
+    Unsupported(&'static str),
 }
 
 /// A history store. Appends are durable when they return and idempotent by
@@ -183,5 +186,30 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// when the store keeps nonces.
     fn nonce_key(&self) -> Option<(u64, u64)> {
         None
+    }
+
+    /// (1.1) Bans `user` from `room` until `until` (Unix ms), replacing any
+    /// ban there was. Only the embedded store keeps bans (a cluster keeps
+    /// them in Redis).
+    async fn set_ban(&self, _room: &str, _user: &str, _until: u64) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported("bans"))
+    }
+
+    /// (1.1) Until when `user` is banned from `room`, if that is after `now`.
+    async fn ban(&self, _room: &str, _user: &str, _now: u64) -> Result<Option<u64>, StorageError> {
+        Ok(None)
+    }
+
+    /// (1.1) Revokes `user`'s tokens issued before `before` (Unix ms),
+    /// remembered until `keep_until`; an earlier `before` than the one
+    /// stored changes nothing.
+    async fn set_revoked(&self, _user: &str, _before: u64, _keep_until: u64) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported("token revocations"))
+    }
+
+    /// (1.1) The time before which `user`'s tokens are revoked, if that
+    /// revocation is still kept at `now`.
+    async fn revoked(&self, _user: &str, _now: u64) -> Result<Option<u64>, StorageError> {
+        Ok(None)
     }
 }

@@ -4,6 +4,10 @@
 //! create`), and [`GatewayProcess`] (the real `gateway` binary). Every wait
 //! polls a condition with a bounded deadline ([`Wait`], [`wait_until`],
 //! [`wait_until_async`]: the tests' waits too); nothing sleeps a fixed time.
+//! [`TcpProxy`] cuts one process off from a service and restores it.
+
+mod proxy;
+pub use proxy::TcpProxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::changes::Changes;
 use super::conn::{Pool, Target, redis_error};
+use super::control::{ControlChannel, read_control};
 use super::lease::NodeLease;
 use super::presence::Presence;
 use super::publish::{Append, Publisher};
@@ -22,7 +23,7 @@ use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, 
 use super::trim::Trimmer;
 use super::users::UserCounts;
 use super::window::Window;
-use crate::{Bus, BusError, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
+use crate::{Bus, BusError, Control, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
 
 /// How often the heartbeat runs.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -60,6 +61,7 @@ pub struct RedisBus {
     changes: Changes,
     reads: Reads,
     presence: Presence,
+    control: ControlChannel,
     users: Arc<UserCounts>,
 }
 
@@ -137,6 +139,20 @@ impl RedisBus {
             closed.clone(),
             &tasks,
         );
+        // Positioned before `connect` returns: every action issued from now
+        // on reaches this node.
+        let control = ControlChannel {
+            pool: pool.clone(),
+            layout: cfg.streams.clone(),
+        };
+        tasks.spawn(read_control(
+            cfg.target.clone(),
+            cfg.streams.control_key(),
+            control.position().await?,
+            cfg.block,
+            sink.clone(),
+            closed.clone(),
+        ));
         let m = crate::metrics::get();
         m.ready.set(1.0);
         m.stream_window.set(cfg.maxlen as f64 * f64::from(cfg.streams.count()));
@@ -167,6 +183,7 @@ impl RedisBus {
                 layout: cfg.streams.clone(),
                 store,
             },
+            control,
             presence: Presence {
                 pool,
                 layout: cfg.streams,
@@ -397,12 +414,29 @@ impl Bus for RedisBus {
         self.readers.unwatch(room)
     }
 
-    async fn presence_changed(&self, room: &str, user: &str, present: bool) -> Result<(), BusError> {
-        self.presence.set(room, user, present).await
+    async fn presence_changed(&self, room: &str, user: &str, connections: u32) -> Result<(), BusError> {
+        self.presence.set(room, user, connections).await
     }
 
     async fn presence(&self, room: &str) -> Result<Option<Vec<String>>, BusError> {
+        let members = self.presence.members(room).await?;
+        Ok(Some(members.into_iter().map(|(user, _)| user).collect()))
+    }
+
+    async fn room_members(&self, room: &str) -> Result<Option<Vec<(String, u32)>>, BusError> {
         self.presence.members(room).await.map(Some)
+    }
+
+    async fn control(&self, action: Control) -> Result<(), BusError> {
+        self.control.issue(&action).await
+    }
+
+    async fn ban(&self, room: &str, user: &str) -> Result<Option<u64>, BusError> {
+        self.control.ban(room, user).await
+    }
+
+    async fn revoked(&self, user: &str) -> Result<Option<u64>, BusError> {
+        self.control.revoked(user).await
     }
 
     fn node_id(&self) -> Option<&str> {

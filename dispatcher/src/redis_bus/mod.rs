@@ -20,7 +20,10 @@
 //!   by one script beside the room's stream, their state kept in Redis and
 //!   folded into what history and replay read.
 //! - `reads` (1.1): read markers in Redis, for a cluster without a store.
-//! - `presence`: per-room sets of `node|user`.
+//! - `presence`: per room, each `node|user` with its connections there
+//!   (presence and room counts).
+//! - `control` (1.1): operator actions (kick and ban, disconnect, revoke):
+//!   their state as expiring keys, the control stream every node reads.
 //! - `lease`: the node id lease and heartbeat key.
 //! - [`users`]: per-user connection and send counts over the cluster, for
 //!   the gateway's per-user limits.
@@ -29,6 +32,7 @@
 mod bus;
 mod changes;
 pub mod conn;
+mod control;
 mod lease;
 mod presence;
 mod publish;

@@ -1,9 +1,11 @@
-//! Presence across the cluster: per-room sets of `node|user`. A member
-//! counts while its node's heartbeat key lives (see [`super::lease`]), so
-//! a dead node's users disappear within the heartbeat's TTL; a read that
-//! finds a dead node's entries removes them for everyone.
+//! Presence and room counts across the cluster: per room, a hash of
+//! `node|user` -> that user's connections in the room on that node. A
+//! member counts while its node's heartbeat key lives (see
+//! [`super::lease`]), so a dead node's users disappear within the
+//! heartbeat's TTL; a read that finds a dead node's entries removes them
+//! for everyone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::conn::Pool;
 use super::conn::redis_error;
@@ -17,34 +19,37 @@ pub(crate) struct Presence {
 }
 
 impl Presence {
-    /// A user's presence in a room on this node began or ended.
-    pub(crate) async fn set(&self, room: &str, user: &str, present: bool) -> Result<(), BusError> {
+    /// A user's connections in a room on this node are now `connections`.
+    pub(crate) async fn set(&self, room: &str, user: &str, connections: u32) -> Result<(), BusError> {
         let mut conn = self.pool.get().await?;
-        let member = format!("{}|{user}", self.node_id);
-        let cmd = if present { "SADD" } else { "SREM" };
-        redis::cmd(cmd)
-            .arg(self.layout.presence_key(room))
-            .arg(member)
-            .query_async::<i64>(&mut conn)
+        let field = format!("{}|{user}", self.node_id);
+        let key = self.layout.members_key(room);
+        let mut cmd = redis::cmd(if connections == 0 { "HDEL" } else { "HSET" });
+        cmd.arg(&key).arg(field);
+        if connections > 0 {
+            cmd.arg(connections);
+        }
+        cmd.query_async::<i64>(&mut conn)
             .await
-            .map_err(|e| redis_error(cmd, e))?;
+            .map_err(|e| redis_error("HSET members", e))?;
         Ok(())
     }
 
-    /// The users present in `room` on live nodes, sorted, each once.
-    pub(crate) async fn members(&self, room: &str) -> Result<Vec<String>, BusError> {
-        let key = self.layout.presence_key(room);
+    /// Each user in `room` on live nodes, sorted, with their connections in
+    /// it over all of them.
+    pub(crate) async fn members(&self, room: &str) -> Result<Vec<(String, u32)>, BusError> {
+        let key = self.layout.members_key(room);
         let mut conn = self.pool.get().await?;
-        let members: Vec<String> = redis::cmd("SMEMBERS")
+        let entries: HashMap<String, u32> = redis::cmd("HGETALL")
             .arg(&key)
             .query_async(&mut conn)
             .await
-            .map_err(|e| redis_error("SMEMBERS", e))?;
+            .map_err(|e| redis_error("HGETALL members", e))?;
         let mut alive: HashMap<&str, bool> = HashMap::new();
-        let mut users = Vec::new();
+        let mut users: BTreeMap<&str, u32> = BTreeMap::new();
         let mut dead = Vec::new();
-        for m in &members {
-            let Some((node, user)) = m.split_once('|') else {
+        for (field, &count) in &entries {
+            let Some((node, user)) = field.split_once('|') else {
                 continue;
             };
             let live = match alive.get(node) {
@@ -60,17 +65,15 @@ impl Presence {
                 }
             };
             if live {
-                users.push(user.to_string());
+                *users.entry(user).or_default() += count;
             } else {
-                dead.push(m.clone());
+                dead.push(field.as_str());
             }
         }
         if !dead.is_empty() {
             // A dead node's entries: drop them for everyone.
-            let _: Result<i64, _> = redis::cmd("SREM").arg(&key).arg(&dead).query_async(&mut conn).await;
+            let _: Result<i64, _> = redis::cmd("HDEL").arg(&key).arg(&dead).query_async(&mut conn).await;
         }
-        users.sort();
-        users.dedup();
-        Ok(users)
+        Ok(users.into_iter().map(|(u, n)| (u.to_string(), n)).collect())
     }
 }

@@ -162,9 +162,27 @@ impl StreamLayout {
         format!("{}:reads:{{{room}}}", self.prefix)
     }
 
-    /// The set of `node|user` present in `room`.
-    pub fn presence_key(&self, room: &str) -> String {
-        format!("{}:presence:{{{room}}}", self.prefix)
+    /// (1.1) The hash of `node|user` -> that user's connections in `room`
+    /// on that node: presence and room counts over the cluster.
+    pub fn members_key(&self, room: &str) -> String {
+        format!("{}:members:{{{room}}}", self.prefix)
+    }
+
+    /// (1.1) The stream of operator actions every node reads (see
+    /// `crate::control`).
+    pub fn control_key(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
+    /// (1.1) A user's ban from a room: its end (ms), expiring then.
+    pub fn ban_key(&self, room: &str, user: &str) -> String {
+        format!("{}:ban:{{{room}}}:{:016x}", self.prefix, self.user_hash(user))
+    }
+
+    /// (1.1) A user's token revocation: the time before which tokens are
+    /// revoked (ms), expiring when no token it covers can still be valid.
+    pub fn revoked_key(&self, user: &str) -> String {
+        format!("{}:revoked:{:016x}", self.prefix, self.user_hash(user))
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::end::End;
 use crate::Node;
 use crate::admission::UserSlot;
-use crate::auth::{AuthError, Identity};
+use crate::auth::Identity;
 use crate::config::Config;
 use crate::hub::{ConnHandle, Out};
 use crate::{metrics, ws};
@@ -146,23 +146,6 @@ impl Session {
         }
     }
 
-    /// Takes the result of an `Authorization` header: a bad one is
-    /// answered and ends the connection.
-    pub(super) async fn header_auth(&mut self, header_auth: Result<Identity, AuthError>) {
-        match header_auth {
-            Ok(identity) => {
-                if self.admit_user(None, &identity).await {
-                    self.set_identity(identity);
-                }
-            }
-            Err(e) => {
-                metrics::auth_failed(e.reason());
-                self.error(None, ErrorCode::Unauthorized, &e.to_string());
-                self.end = Some(End::Close(close::UNAUTHORIZED, "unauthorized"));
-            }
-        }
-    }
-
     /// Takes a place in `identity`'s user count before the connection
     /// becomes that user's (a later token op for the same user keeps its
     /// place). Over the per-user cap: `rate_limited` (echoing `id`), close
@@ -222,7 +205,18 @@ impl Session {
         if let Some(secs) = identity.expires_in() {
             self.auth_deadline = Instant::now() + Duration::from_secs(secs) + self.settings().token_expiry_grace;
         }
+        if self.identity.is_none() {
+            // Operator actions find the connection by its user from now on.
+            self.node.hub.users.add(&identity.user, &self.handle);
+        }
         self.identity = Some(identity);
+    }
+
+    /// The connection ended: operator actions no longer look for it.
+    pub(super) fn forget_identity(&self) {
+        if let Some(identity) = &self.identity {
+            self.node.hub.users.remove(&identity.user, self.handle.id);
+        }
     }
 
     /// When the connection must have authenticated, or (authenticated with

@@ -112,6 +112,7 @@ fn close_label(code: u16) -> &'static str {
         1008 => "1008",
         1009 => "1009",
         4001 => "4001",
+        4003 => "4003",
         4008 => "4008",
         4029 => "4029",
         _ => "other",
@@ -183,6 +184,11 @@ pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session
         }
         if s.handle().overflowed() {
             return slow_consumer(OVERFLOWED);
+        }
+        if let Some(actions) = s.handle().take_commands() {
+            // Boxed: a kick's leave is not part of every idle task.
+            Box::pin(s.on_commands(*actions)).await;
+            continue;
         }
         // Frames already read are handled while replies are below the
         // high-water mark; above it they wait, and nothing more is read.

@@ -113,6 +113,21 @@ pub(super) fn describe() {
         "Connections closed 4008, by reason (queue_overflow: outbound queue past its bounds; write_timeout: no write progress)."
     );
     describe_counter!(
+        "gateway_moderation_actions_total",
+        Unit::Count,
+        "(1.1) Operator actions of the server API this node applied to its connections, by action (kick, disconnect, revoke)."
+    );
+    describe_counter!(
+        "gateway_moderation_connections_total",
+        Unit::Count,
+        "(1.1) Connections of this node the operator actions found (removed from a room, or closed 4003 when their token was covered), by action."
+    );
+    describe_counter!(
+        "gateway_api_requests_total",
+        Unit::Count,
+        "(1.1) Server API calls answered, by key (the API key's name; none when no key matched), action (publish, history, delete, kick, disconnect, revoke, broadcast, room, presence, unknown) and outcome (ok, or the error code)."
+    );
+    describe_counter!(
         "gateway_http_requests_total",
         Unit::Count,
         "HTTP requests received on either listener (upgrades, health, metrics, server API)."

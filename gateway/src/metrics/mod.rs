@@ -37,11 +37,11 @@ const ERROR_OPS: [&str; OPS.len() + 1] = [
     "unreact", "read", "receipts", "invalid",
 ];
 
-const CLOSE_CODES: [&str; 12] = [
-    "1000", "1001", "1002", "1003", "1007", "1008", "1009", "4001", "4008", "4029", "other", "dropped",
+const CLOSE_CODES: [&str; 13] = [
+    "1000", "1001", "1002", "1003", "1007", "1008", "1009", "4001", "4003", "4008", "4029", "other", "dropped",
 ];
 const REFUSALS: [&str; 6] = ["origin", "memory", "node_cap", "ip_cap", "user_cap", "draining"];
-const AUTH_FAILURES: [&str; 7] = [
+const AUTH_FAILURES: [&str; 9] = [
     "invalid",
     "expired",
     "not_yet_valid",
@@ -49,7 +49,11 @@ const AUTH_FAILURES: [&str; 7] = [
     "token_required",
     "no_key",
     "timeout",
+    "lifetime",
+    "revoked",
 ];
+/// (1.1) Operator actions (`dispatcher::Control::kind`).
+const OPERATOR_ACTIONS: [&str; 3] = ["kick", "disconnect", "revoke"];
 const JWKS_RESULTS: [&str; 2] = ["ok", "failed"];
 const SLOW_CONSUMER_REASONS: [&str; 2] = ["queue_overflow", "write_timeout"];
 /// `protocol::ErrorCode`s, in [`code_index`] order.
@@ -154,6 +158,10 @@ pub struct GatewayMetrics {
     pub send_seconds: Histogram,
     pub http_requests: Counter,
     pub slow_consumers: Family,
+    /// (1.1) Operator actions this node applied, by action.
+    operator_actions: Family,
+    /// (1.1) Connections they acted on, by action.
+    operator_connections: Vec<Counter>,
     node_ready: Gauge,
     node_draining: Gauge,
     build_info: Gauge,
@@ -191,6 +199,11 @@ pub fn get() -> &'static GatewayMetrics {
             "reason",
             &SLOW_CONSUMER_REASONS,
         ),
+        operator_actions: Family::new("gateway_moderation_actions_total", "action", &OPERATOR_ACTIONS),
+        operator_connections: OPERATOR_ACTIONS
+            .iter()
+            .map(|&a| counter!("gateway_moderation_connections_total", "action" => a))
+            .collect(),
         node_ready: gauge!("gateway_node_ready"),
         node_draining: gauge!("gateway_node_draining"),
         build_info: gauge!(
@@ -247,6 +260,23 @@ pub fn connection_refused(reason: &'static str) {
 /// `timeout`).
 pub fn auth_failed(reason: &'static str) {
     get().auth_failures.increment(reason);
+}
+
+/// (1.1) An operator action this node applied to `connections` of its own.
+pub fn operator_action(action: &'static str, connections: usize) {
+    let m = get();
+    m.operator_actions.increment(action);
+    if let Some(i) = OPERATOR_ACTIONS.iter().position(|&a| a == action) {
+        m.operator_connections[i].increment(connections as u64);
+    }
+}
+
+/// (1.1) A server API call, by the name of the key that made it (`none`:
+/// refused before a key matched), the action, and the outcome (`ok` or
+/// the error code).
+pub fn api_request(key: &str, action: &'static str, outcome: &'static str) {
+    counter!("gateway_api_requests_total", "key" => key.to_string(), "action" => action, "outcome" => outcome)
+        .increment(1);
 }
 
 /// JWKS file reloads, by result (`ok` or `failed`).

@@ -439,3 +439,30 @@ pub fn processes(n: usize, bus: &[String], extra: &[&str]) -> Processes {
     }
     Processes { nodes, _dirs: dirs }
 }
+
+/// A server API call with [`API_KEY`]; the status and the JSON reply
+/// (`Null` if the reply is not JSON). `body` `Null` sends none.
+pub async fn api(addr: SocketAddr, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let auth = format!("Bearer {API_KEY}");
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, text) = http_request(addr, method, path, &[("authorization", &auth)], &body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Claims of `sub` issued `iat_offset` seconds from now, valid an hour.
+pub fn claims_issued(sub: &str, iat_offset: i64) -> Value {
+    let now = now_secs() as i64;
+    json!({"sub": sub, "iat": now + iat_offset, "exp": now + 3600})
+}
+
+/// A client authenticated with `token` (by an `auth` frame).
+pub async fn authed(url: &str, token: &str) -> Client {
+    let mut c = Client::connect(url, None).await;
+    let ok = c.request(json!({"op":"auth","token":token})).await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    c
+}

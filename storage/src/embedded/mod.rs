@@ -11,6 +11,7 @@
 //! write that stores them, into the target's row of `state` (and who holds
 //! which reaction into `reactions`), so a page of history reads its
 //! messages and one state row each, however many events the room has.
+//! Bans and token revocations (1.1) are in [`moderation`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::fold::{fold, merge_entries, most_recent_markers, show};
 use crate::{AppendReport, HistoryStore, MessageState, Page, StorageError, StoredMessage};
 
 mod codec;
+mod moderation;
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 const MESSAGES: Table = TableDefinition::new("messages");
@@ -40,7 +42,16 @@ const READS: Table = TableDefinition::new("reads");
 const NONCES: Table = TableDefinition::new("nonces");
 /// The store's own settings: `nonce-key` (16 random bytes, first open).
 const META: Table = TableDefinition::new("meta");
-const TABLES: [Table; 7] = [MESSAGES, EVENTS, STATE, REACTIONS, READS, NONCES, META];
+const TABLES: [Table; 8] = [
+    MESSAGES,
+    EVENTS,
+    STATE,
+    REACTIONS,
+    READS,
+    NONCES,
+    META,
+    moderation::MODERATION,
+];
 /// Most appends folded into one transaction.
 const MAX_GROUP: usize = 256;
 
@@ -120,6 +131,7 @@ impl EmbeddedStore {
             nonces
                 .retain(|_, v| codec::decode_nonce(v).is_some_and(|(_, until)| until > now))
                 .map_err(|e| emb("prune nonces", e))?;
+            moderation::prune(&txn, now)?;
         }
         txn.commit().map_err(|e| emb("commit", e))?;
 
@@ -555,6 +567,22 @@ impl HistoryStore for EmbeddedStore {
 
     fn nonce_key(&self) -> Option<(u64, u64)> {
         Some(self.nonce_key)
+    }
+
+    async fn set_ban(&self, room: &str, user: &str, until: u64) -> Result<(), StorageError> {
+        moderation::set_ban(&self.db, room, user, until).await
+    }
+
+    async fn ban(&self, room: &str, user: &str, now: u64) -> Result<Option<u64>, StorageError> {
+        moderation::ban(&self.db, room, user, now)
+    }
+
+    async fn set_revoked(&self, user: &str, before: u64, keep_until: u64) -> Result<(), StorageError> {
+        moderation::set_revoked(&self.db, user, before, keep_until).await
+    }
+
+    async fn revoked(&self, user: &str, now: u64) -> Result<Option<u64>, StorageError> {
+        moderation::revoked(&self.db, user, now)
     }
 
     async fn read_markers(&self, room: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError> {

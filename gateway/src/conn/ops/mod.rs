@@ -10,12 +10,15 @@
 //! - `history` in [`history`], `presence` in [`presence`].
 //! - (1.1) `edit`, `delete`, `react`, `unreact`, `read` and `receipts` in
 //!   [`events`].
+//! - (1.1) Operator actions (kick, disconnect, revoke) in [`control`], with
+//!   the revocation check of `auth` and `refresh`.
 //!
 //! A new op: its request in the `protocol` crate's parser, its arm in
 //! [`Session::dispatch`] (and in the rate class there if it is costly), its
 //! handler in the family's file (or a new file here), and its tests.
 
 mod auth;
+mod control;
 mod events;
 mod history;
 mod presence;

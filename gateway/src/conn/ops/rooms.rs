@@ -34,6 +34,18 @@ impl Session {
                     .finish(),
             );
         }
+        // (1.1) A ban holds on every node, and across their restarts.
+        match self.node.bus.ban(&room, &identity.user).await {
+            Ok(Some(until)) => {
+                return self.error(
+                    id,
+                    ErrorCode::Forbidden,
+                    &format!("banned from room {room} until {until} (Unix ms)"),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => return self.unavailable(id, &e),
+        }
         let max = self.settings().max_rooms_per_connection;
         if self.rooms.len() >= max {
             return self.error(
@@ -90,10 +102,17 @@ impl Session {
         }
         frames.push(ws::text_frame(&ok.finish()));
         self.handle.splice_replay(&room, floor, frames);
+        // Every join counts (room info counts connections); the first of
+        // the user's also tells the room.
+        if let Err(e) = self
+            .node
+            .bus
+            .presence_changed(&room, &identity.user, edges.user_connections)
+            .await
+        {
+            tracing::warn!(error = %e, "presence not recorded");
+        }
         if edges.user_edge {
-            if let Err(e) = self.node.bus.presence_changed(&room, &identity.user, true).await {
-                tracing::warn!(error = %e, "presence not recorded");
-            }
             let _ = self
                 .node
                 .bus
@@ -121,15 +140,15 @@ impl Session {
         let Some(identity) = &self.identity else { return };
         let edges = self.node.hub.leave(&joined.room, &identity.user, self.handle.id);
         self.node.bus.unwatch(&joined.room);
+        if let Err(e) = self
+            .node
+            .bus
+            .presence_changed(&joined.room, &identity.user, edges.user_connections)
+            .await
+        {
+            tracing::warn!(error = %e, "presence end not recorded");
+        }
         if edges.user_edge {
-            if let Err(e) = self
-                .node
-                .bus
-                .presence_changed(&joined.room, &identity.user, false)
-                .await
-            {
-                tracing::warn!(error = %e, "presence end not recorded");
-            }
             let _ = self
                 .node
                 .bus
