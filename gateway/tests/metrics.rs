@@ -34,6 +34,8 @@ fn node(redis: &RedisServer, keyspace: &str) -> (GatewayProcess, tempfile::TempD
         "1s",
         "--persister-wait",
         "20ms",
+        "--api-key",
+        API_KEY,
     ];
     (
         GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), dir.path(), &args),
@@ -135,6 +137,9 @@ async fn every_cataloged_metric_is_exported_with_help_and_passes_promtool() {
     let r = bad.request(json!({"op":"auth","token":"not-a-token"})).await;
     assert_eq!(r["code"], "unauthorized", "{r}");
     assert_eq!(bad.until_closed().await.0, Ended::Close(4001));
+    // A server API call, counted by its key's name.
+    let (status, v) = api(a.addr, "GET", "/api/rooms/metrics", serde_json::Value::Null).await;
+    assert_eq!(status, 200, "{v}");
 
     // Stored by a persister, and a trim run after that has seen it.
     let written = |n: &GatewayProcess| sample(&n.metrics_text(), "gateway_persister_entries_total", &[]).unwrap_or(0.0);
