@@ -16,6 +16,10 @@
 //! - [`settings`]: the cluster settings both binaries share (Redis, streams,
 //!   the CQL store, the persister, logging), loaded and validated one way.
 //! - [`backoff`]: the one reconnect backoff (exponential, full jitter).
+//! - [`groups`]: reading a stream with a consumer group, at least once
+//!   (the persister's loop, and the feed consumers').
+//! - [`feed`] (1.1): the event feed for backends: its connection events,
+//!   and [`feed::consumer`] to read it.
 //! - [`changes`]: whether an edit, deletion or reaction (1.1) may be
 //!   stored, judged against its target's state.
 //! - [`dedupe`]: send nonces (1.1): which repeated sends are answered with
@@ -34,6 +38,8 @@ pub mod backoff;
 pub mod changes;
 pub mod control;
 pub mod dedupe;
+pub mod feed;
+pub mod groups;
 pub mod inprocess;
 mod metrics;
 pub mod persister;
@@ -282,6 +288,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn revoked(&self, _user: &str) -> Result<Option<u64>, BusError> {
         Ok(None)
     }
+
+    /// (1.1) A connection event for the event feed, when it is on (see
+    /// [`feed`]); never waits.
+    fn feed(&self, _event: feed::FeedEvent) {}
 
     /// The users present in a room across the cluster; `None` when the bus
     /// knows no more than this node does.

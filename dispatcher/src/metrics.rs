@@ -32,6 +32,9 @@ pub(crate) struct BusMetrics {
     pub persister_lag: Gauge,
     pub persister_pending: Gauge,
     pub persister_lag_seconds: Gauge,
+    pub feed_written: Counter,
+    pub feed_dropped: Counter,
+    pub feed_reaped: Counter,
 }
 
 /// A read of history or a replay through the bus: its time and failures.
@@ -85,6 +88,9 @@ pub(crate) fn get() -> &'static BusMetrics {
         persister_lag: gauge!("gateway_persister_lag_entries"),
         persister_pending: gauge!("gateway_persister_pending_entries"),
         persister_lag_seconds: gauge!("gateway_persister_lag_seconds"),
+        feed_written: counter!("gateway_feed_connection_events_total"),
+        feed_dropped: counter!("gateway_feed_dropped_events_total"),
+        feed_reaped: counter!("gateway_feed_reaped_connections_total"),
     })
 }
 
@@ -114,6 +120,21 @@ pub fn exporter_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
 }
 
 pub fn describe() {
+    describe_counter!(
+        "gateway_feed_connection_events_total",
+        Unit::Count,
+        "(1.1) Connection events (connect, disconnect, join, leave) this node wrote to the event feed."
+    );
+    describe_counter!(
+        "gateway_feed_reaped_connections_total",
+        Unit::Count,
+        "(1.1) Connections of dead nodes whose leaves and disconnect this node wrote to the event feed (marked lost)."
+    );
+    describe_counter!(
+        "gateway_feed_dropped_events_total",
+        Unit::Count,
+        "(1.1) Connection events this node dropped: more than 100,000 waited while Redis was away, or Redis was away when it drained."
+    );
     describe_counter!(
         "gateway_bus_messages_published_total",
         Unit::Count,

@@ -136,6 +136,19 @@ pub struct ClusterArgs {
     #[arg(long, env = "GATEWAY_DEDUPE_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     pub dedupe_window: Duration,
 
+    /// (1.1) The event feed for backends: connect, disconnect, join, leave
+    /// and every stored room event appended to `<prefix>:feed:{sN}`
+    /// (docs/FEED.md). Needs Redis.
+    #[arg(long, env = "GATEWAY_FEED", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub feed: bool,
+
+    /// (1.1) Approximate entries each feed stream keeps: how far behind a
+    /// backend's consumer group may fall before entries it has not read
+    /// are trimmed.
+    #[arg(long, env = "GATEWAY_FEED_MAXLEN", default_value_t = 100_000)]
+    pub feed_maxlen: usize,
+
     /// Stream entries older than this are trimmed; 0 keeps by count only.
     #[arg(long, env = "GATEWAY_STREAM_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub stream_max_age: Duration,
@@ -256,6 +269,15 @@ impl ClusterArgs {
                 "must be at least 2s (the heartbeat is every second)",
             ));
         }
+        if c.feed && redis.is_none() {
+            return Err(invalid(
+                "feed",
+                "the event feed needs Redis (redis_url or redis_cluster_nodes)",
+            ));
+        }
+        if c.feed_maxlen < 100 {
+            return Err(invalid("feed_maxlen", "must be at least 100"));
+        }
         if c.stream_maxlen < 100 {
             return Err(invalid("stream_maxlen", "must be at least 100"));
         }
@@ -292,6 +314,7 @@ impl Cluster {
             trim_every: self.args.stream_trim_interval,
             node_ttl: self.args.presence_ttl,
             dedupe_window: self.args.dedupe_window,
+            feed: self.args.feed.then_some(self.args.feed_maxlen),
         })
     }
 

@@ -80,7 +80,11 @@ async fn kick_and_ban_across_three_nodes_hold_after_a_restart() {
     assert_eq!(status, 200, "{v}");
     for c in &mut alices {
         let r = c.recv_matching(|v| v["op"] == "removed").await;
-        assert_eq!((r["room"].as_str(), r["reason"].as_str()), (Some("hall"), Some("banned")), "{r}");
+        assert_eq!(
+            (r["room"].as_str(), r["reason"].as_str()),
+            (Some("hall"), Some("banned")),
+            "{r}"
+        );
     }
     let took = issued.elapsed();
     assert!(took < Duration::from_secs(1), "removed everywhere in {took:?}");
@@ -126,7 +130,13 @@ async fn disconnect_and_revoke_close_every_connection_of_the_user() {
         carols.push(authed(&n.url(), &old).await);
     }
     let mut dave = authed(&nodes[2].url(), &token(claims_issued("dave", -10))).await;
-    let (status, v) = api(nodes[0].addr, "POST", "/api/users/carol/disconnect", json!({"reason":"abuse"})).await;
+    let (status, v) = api(
+        nodes[0].addr,
+        "POST",
+        "/api/users/carol/disconnect",
+        json!({"reason":"abuse"}),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     for c in &mut carols {
         assert_eq!(c.until_closed().await.0, Ended::Close(4003));
@@ -175,12 +185,12 @@ async fn a_node_cut_off_from_redis_applies_a_kick_when_it_returns() {
     assert_eq!(status, 200, "{v}");
     // Cut off, node a cannot have heard of it: erin is still in the room.
     assert_eq!(erin.request(json!({"op":"ping"})).await["op"], "pong");
-    assert!(
-        !erin.backlog.iter().any(|v| v["op"] == "removed"),
-        "{:?}",
-        erin.backlog
-    );
+    assert!(!erin.backlog.iter().any(|v| v["op"] == "removed"), "{:?}", erin.backlog);
     proxy.restore();
     let r = erin.recv_matching(|v| v["op"] == "removed").await;
-    assert_eq!((r["room"].as_str(), r["reason"].as_str()), (Some("hall"), Some("kicked")), "{r}");
+    assert_eq!(
+        (r["room"].as_str(), r["reason"].as_str()),
+        (Some("hall"), Some("kicked")),
+        "{r}"
+    );
 }

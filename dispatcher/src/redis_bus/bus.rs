@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::changes::Changes;
 use super::conn::{Pool, Target, redis_error};
 use super::control::{ControlChannel, read_control};
+use super::feed::FeedWriter;
 use super::lease::NodeLease;
 use super::presence::Presence;
 use super::publish::{Append, Publisher};
@@ -23,6 +24,7 @@ use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, 
 use super::trim::Trimmer;
 use super::users::UserCounts;
 use super::window::Window;
+use crate::feed::FeedEvent;
 use crate::{Bus, BusError, Control, EventKind, NewMessage, Page, Published, Replay, Sink, StoredMessage};
 
 /// How often the heartbeat runs.
@@ -52,6 +54,8 @@ pub struct RedisBusConfig {
     pub node_ttl: Duration,
     /// How long a send's nonce is remembered.
     pub dedupe_window: Duration,
+    /// (1.1) The event feed, when on: the entries each feed stream keeps.
+    pub feed: Option<usize>,
 }
 
 pub struct RedisBus {
@@ -62,6 +66,8 @@ pub struct RedisBus {
     reads: Reads,
     presence: Presence,
     control: ControlChannel,
+    /// (1.1) Connection events for the feed, when it is on.
+    feed: Option<FeedWriter>,
     users: Arc<UserCounts>,
 }
 
@@ -109,6 +115,7 @@ impl RedisBus {
             cfg.target.clone(),
             store.is_none().then_some(cfg.maxlen),
             cfg.dedupe_window,
+            cfg.feed,
         )
         .await?;
         let closed = CancellationToken::new();
@@ -153,6 +160,16 @@ impl RedisBus {
             sink.clone(),
             closed.clone(),
         ));
+        let feed = cfg.feed.map(|maxlen| {
+            FeedWriter::start(
+                cfg.target.clone(),
+                cfg.streams.clone(),
+                shared.lease.incarnation(),
+                maxlen,
+                closed.clone(),
+                &tasks,
+            )
+        });
         let m = crate::metrics::get();
         m.ready.set(1.0);
         m.stream_window.set(cfg.maxlen as f64 * f64::from(cfg.streams.count()));
@@ -177,6 +194,7 @@ impl RedisBus {
                 layout: cfg.streams.clone(),
                 store: store.clone(),
                 maxlen: store.is_none().then_some(cfg.maxlen),
+                feed: cfg.feed,
             },
             window: Window {
                 pool: pool.clone(),
@@ -184,6 +202,7 @@ impl RedisBus {
                 store,
             },
             control,
+            feed,
             presence: Presence {
                 pool,
                 layout: cfg.streams,
@@ -297,12 +316,19 @@ impl Bus for RedisBus {
                     .zip(&replies)
                     .map(|(&i, r)| message_fields(&msgs[i], r.as_deref()))
                     .collect();
+                // (1.1) Stored messages go to the feed too, when it is on.
+                let feed_key = self.shared.publisher.feed.map(|_| {
+                    let stream = self.shared.layout.stream_of(&msgs[idx[0]].room);
+                    self.shared.layout.feed_key(stream)
+                });
                 let entries: Vec<Append<'_>> = fields
                     .iter()
                     .zip(nonce_keys)
-                    .map(|(f, nonce_key)| Append {
+                    .zip(idx)
+                    .map(|((f, nonce_key), &i)| Append {
                         fields: &f[..],
                         nonce_key,
+                        feed_key: feed_key.clone().filter(|_| !msgs[i].ephemeral),
                     })
                     .collect();
                 self.shared.publisher.add_all(key, &entries).await
@@ -437,6 +463,12 @@ impl Bus for RedisBus {
 
     async fn revoked(&self, user: &str) -> Result<Option<u64>, BusError> {
         self.control.revoked(user).await
+    }
+
+    fn feed(&self, event: FeedEvent) {
+        if let Some(f) = &self.feed {
+            f.send(event);
+        }
     }
 
     fn node_id(&self) -> Option<&str> {

@@ -45,8 +45,9 @@ pub const STATE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// 4 reaction key, 5 ttl ms, 6 maxlen (0: none), 7 holder hint (``, 0, 1),
 /// 8 seed (``: none, `w`: from the window, `s`: from the store), 9 seed
 /// author, 10 seed deleted (1/0), 11 an edit's body, 12 most reaction keys,
-/// 13 entry field count F, 14..13+F the entry's fields, then the seed's
-/// reaction counts as key, count pairs.
+/// 13 entry field count F, 14..13+F the entry's fields, 14+F the feed's
+/// maxlen (1.1; with KEYS[4], the feed stream the stored change is copied
+/// to), then the seed's reaction counts as key, count pairs.
 /// A reaction's entry gets one more field, `n`: the key's count after it.
 /// Replies `{0, id}` stored, `{1}` not found, `{2}` not allowed, `{3}`
 /// unchanged, `{4}` too many keys, `{5}` seed me, `{6}` ask the store.
@@ -57,7 +58,7 @@ local nf = tonumber(ARGV[13])
 if redis.call('EXISTS', st) == 0 then
   if ARGV[8] == '' then return {5} end
   local n = 0
-  local i = 14 + nf
+  local i = 15 + nf
   while i < #ARGV do
     redis.call('HSET', st, 'c:' .. ARGV[i], ARGV[i + 1])
     n = n + 1
@@ -96,13 +97,16 @@ if ARGV[6] ~= '0' then
 end
 table.insert(args, '*')
 for i = 14, 13 + nf do table.insert(args, ARGV[i]) end
+local extra = nil
 if op == 'react' or op == 'unreact' then
   local c = tonumber(redis.call('HGET', st, 'c:' .. key) or '0')
   if op == 'react' then c = c + 1 else c = math.max(c - 1, 0) end
   table.insert(args, 'n')
   table.insert(args, tostring(c))
+  extra = {'n', tostring(c)}
 end
 local id = redis.call('XADD', unpack(args))
+if KEYS[4] then feed(KEYS[4], ARGV[14 + nf], op, id, ARGV, 14, 13 + nf, extra) end
 if op == 'edit' then
   redis.call('HSET', st, 'e', string.match(id, '^(%d+)'), 'b', ARGV[11])
 elseif op == 'delete' then
@@ -143,6 +147,14 @@ pub(crate) struct Changes {
     pub(crate) store: Option<Arc<dyn HistoryStore>>,
     /// Trim on append (no store), as the publisher does.
     pub(crate) maxlen: Option<usize>,
+    /// (1.1) The event feed's maxlen, when it is on.
+    pub(crate) feed: Option<usize>,
+}
+
+/// [`JUDGE`] with the feed's function before it.
+fn judge_script() -> &'static str {
+    static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| format!("{}{JUDGE}", super::feed::FEED_FN))
 }
 
 impl Changes {
@@ -207,12 +219,15 @@ impl Changes {
         hint: Option<bool>,
     ) -> redis::Cmd {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(JUDGE)
-            .arg(3)
+        cmd.arg(judge_script())
+            .arg(if self.feed.is_some() { 4 } else { 3 })
             .arg(self.layout.room_key(&msg.room))
             .arg(self.layout.state_key(&msg.room, change.target))
-            .arg(self.layout.holders_key(&msg.room, change.target))
-            .arg(change.kind.op())
+            .arg(self.layout.holders_key(&msg.room, change.target));
+        if self.feed.is_some() {
+            cmd.arg(self.layout.feed_key(self.layout.stream_of(&msg.room)));
+        }
+        cmd.arg(change.kind.op())
             .arg(&*msg.from)
             .arg(if msg.moderator { "1" } else { "0" })
             .arg(change.kind.key().unwrap_or(""))
@@ -236,6 +251,7 @@ impl Changes {
         for (k, v) in fields {
             cmd.arg(*k).arg(*v);
         }
+        cmd.arg(self.feed.unwrap_or(0));
         for (k, n) in seed.map(|s| s.counts.as_slice()).unwrap_or_default() {
             cmd.arg(k).arg(*n);
         }

@@ -22,6 +22,8 @@
 //! - `reads` (1.1): read markers in Redis, for a cluster without a store.
 //! - `presence`: per room, each `node|user` with its connections there
 //!   (presence and room counts).
+//! - `feed` (1.1): the event feed's connection events (batched per node),
+//!   and the Lua the append scripts share to copy stored events to it.
 //! - `control` (1.1): operator actions (kick and ban, disconnect, revoke):
 //!   their state as expiring keys, the control stream every node reads.
 //! - `lease`: the node id lease and heartbeat key.
@@ -33,6 +35,7 @@ mod bus;
 mod changes;
 pub mod conn;
 mod control;
+mod feed;
 mod lease;
 mod presence;
 mod publish;

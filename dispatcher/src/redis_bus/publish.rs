@@ -17,6 +17,8 @@ pub(crate) struct Publisher {
     maxlen: Option<usize>,
     /// How long a send's nonce is remembered.
     dedupe_window: Duration,
+    /// (1.1) Entries each feed stream keeps, when the feed is on.
+    pub(crate) feed: Option<usize>,
     conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
@@ -33,11 +35,46 @@ const APPEND_ONCE: &str = "local seen = redis.call('GET', KEYS[2]) \
     redis.call('SET', KEYS[2], id, 'PX', ARGV[1]) \
     return {0, id}";
 
-/// One entry to append: its fields, and for a send with a nonce the key
-/// that remembers it.
+/// (1.1) [`APPEND_ONCE`] with the event feed: appends a stored message to
+/// its shard stream and its copy to the feed stream beside it (same hash
+/// slot), so the feed has it exactly when the stream does, in the room's
+/// order. KEYS: stream, feed stream, the nonce key (optional). ARGV:
+/// window ms, maxlen (0: none), feed maxlen, fields.
+fn append_feed_script() -> &'static str {
+    static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        format!(
+            "{}{}",
+            super::feed::FEED_FN,
+            r#"
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {1, seen} end
+end
+local args = {KEYS[1]}
+if ARGV[2] ~= '0' then
+  args[#args + 1] = 'MAXLEN'
+  args[#args + 1] = '~'
+  args[#args + 1] = ARGV[2]
+end
+args[#args + 1] = '*'
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+local id = redis.call('XADD', unpack(args))
+if KEYS[3] then redis.call('SET', KEYS[3], id, 'PX', ARGV[1]) end
+feed(KEYS[2], ARGV[3], 'message', id, ARGV, 4, #ARGV - 1, nil)
+return {0, id}
+"#
+        )
+    })
+}
+
+/// One entry to append: its fields, for a send with a nonce the key that
+/// remembers it, and for a stored message with the feed on, the feed
+/// stream its copy goes to.
 pub(crate) struct Append<'a> {
     pub(crate) fields: &'a [(&'a str, &'a str)],
     pub(crate) nonce_key: Option<String>,
+    pub(crate) feed_key: Option<String>,
 }
 
 impl Publisher {
@@ -46,12 +83,14 @@ impl Publisher {
         target: Target,
         maxlen: Option<usize>,
         dedupe_window: Duration,
+        feed: Option<usize>,
     ) -> Result<Publisher, BusError> {
         let conn = target.connect(Duration::from_secs(5)).await?;
         Ok(Publisher {
             target,
             maxlen,
             dedupe_window,
+            feed,
             conn: tokio::sync::Mutex::new(Some(conn)),
         })
     }
@@ -119,15 +158,34 @@ impl Publisher {
         cmd
     }
 
+    fn append_feed(&self, key: &str, feed_key: &str, nonce_key: Option<&str>, fields: &[(&str, &str)]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(append_feed_script())
+            .arg(if nonce_key.is_some() { 3 } else { 2 })
+            .arg(key)
+            .arg(feed_key);
+        if let Some(nonce_key) = nonce_key {
+            cmd.arg(nonce_key);
+        }
+        cmd.arg(self.dedupe_window.as_millis() as u64)
+            .arg(self.maxlen.unwrap_or(0))
+            .arg(self.feed.unwrap_or(0));
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd
+    }
+
     /// Appends entries to one stream in one pipeline, in order; each one's
     /// id and whether it was a repeated nonce (then the first one's id, and
     /// nothing appended).
     pub(crate) async fn add_all(&self, key: &str, entries: &[Append<'_>]) -> Result<Vec<(u64, bool)>, BusError> {
         let mut pipe = redis::pipe();
         for e in entries {
-            pipe.add_command(match &e.nonce_key {
-                None => self.xadd(key, e.fields),
-                Some(nonce_key) => self.append_once(key, nonce_key, e.fields),
+            pipe.add_command(match (&e.feed_key, &e.nonce_key) {
+                (Some(feed_key), nonce_key) => self.append_feed(key, feed_key, nonce_key.as_deref(), e.fields),
+                (None, None) => self.xadd(key, e.fields),
+                (None, Some(nonce_key)) => self.append_once(key, nonce_key, e.fields),
             });
         }
         let mut conn = self.conn().await?;

@@ -99,6 +99,34 @@ impl StreamLayout {
         format!("{}:{{s{index}}}", self.prefix)
     }
 
+    /// (1.1) The key of feed stream `index`: beside shard stream `index`
+    /// (same hash tag), so a room's message and its feed entry are
+    /// appended by one script.
+    pub fn feed_key(&self, index: u32) -> String {
+        format!("{}:feed:{{s{index}}}", self.prefix)
+    }
+
+    /// (1.1) The set of node incarnations writing the feed.
+    pub fn feed_nodes_key(&self) -> String {
+        format!("{}:feednodes", self.prefix)
+    }
+
+    /// (1.1) The open connections of node incarnation `node` (a hash:
+    /// connection -> user and rooms, one per line), for the reaper.
+    pub fn feed_conns_key(&self, node: &str) -> String {
+        format!("{}:feedconns:{node}", self.prefix)
+    }
+
+    /// (1.1) The lock of the node reaping dead incarnation `node`.
+    pub fn feed_reap_key(&self, node: &str) -> String {
+        format!("{}:feedreap:{node}", self.prefix)
+    }
+
+    /// (1.1) The feed stream a user's connect and disconnect go to.
+    pub fn feed_of_user(&self, user: &str) -> u32 {
+        (self.user_hash(user) % u64::from(self.count)) as u32
+    }
+
     /// The stream `room` lives in.
     pub fn stream_of(&self, room: &str) -> u32 {
         let mut h = SipHasher13::new_with_keys(self.key.0, self.key.1);

@@ -55,8 +55,8 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: 
     let mut prefix = prefix;
     let end = socket::run(&mut tcp, &mut prefix, &mut s).await;
     socket::close(&mut tcp, &s, end).await;
-    s.forget_identity();
     s.leave_all().await;
+    s.forget_identity();
     s.handle().close();
     m.connections_active.decrement(1.0);
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatcher::NewMessage;
+use dispatcher::feed::FeedEvent;
 use protocol::encode::error_reply;
 use protocol::{ErrorCode, close};
 use tokio::time::Instant;
@@ -208,14 +209,23 @@ impl Session {
         if self.identity.is_none() {
             // Operator actions find the connection by its user from now on.
             self.node.hub.users.add(&identity.user, &self.handle);
+            self.node.bus.feed(FeedEvent::Connect {
+                user: identity.user.clone(),
+                conn: self.handle.id,
+            });
         }
         self.identity = Some(identity);
     }
 
-    /// The connection ended: operator actions no longer look for it.
+    /// The connection ended (after leaving its rooms): operator actions
+    /// no longer look for it, and the feed hears of it.
     pub(super) fn forget_identity(&self) {
         if let Some(identity) = &self.identity {
             self.node.hub.users.remove(&identity.user, self.handle.id);
+            self.node.bus.feed(FeedEvent::Disconnect {
+                user: identity.user.clone(),
+                conn: self.handle.id,
+            });
         }
     }
 

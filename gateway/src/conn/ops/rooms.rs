@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dispatcher::feed::FeedEvent;
 use dispatcher::{BusError, EventKind};
 use protocol::ErrorCode;
 use protocol::encode::{Obj, msg_event};
@@ -102,6 +103,11 @@ impl Session {
         }
         frames.push(ws::text_frame(&ok.finish()));
         self.handle.splice_replay(&room, floor, frames);
+        self.node.bus.feed(FeedEvent::Join {
+            room: room.clone(),
+            user: identity.user.clone(),
+            conn: self.handle.id,
+        });
         // Every join counts (room info counts connections); the first of
         // the user's also tells the room.
         if let Err(e) = self
@@ -140,6 +146,11 @@ impl Session {
         let Some(identity) = &self.identity else { return };
         let edges = self.node.hub.leave(&joined.room, &identity.user, self.handle.id);
         self.node.bus.unwatch(&joined.room);
+        self.node.bus.feed(FeedEvent::Leave {
+            room: joined.room.clone(),
+            user: identity.user.clone(),
+            conn: self.handle.id,
+        });
         if let Err(e) = self
             .node
             .bus
