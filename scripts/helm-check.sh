@@ -338,7 +338,7 @@ def check_gateway(name, ds, sts, internal):
     if not sts and node is not None:
         fail(f"{what}: a Deployment sets GATEWAY_NODE_ID ({node}); its pods lease ids")
     # Secrets only through secretKeyRef, never in a ConfigMap or a literal.
-    for key in ("GATEWAY_JWT_SECRET", "GATEWAY_API_KEY"):
+    for key in ("GATEWAY_JWT_SECRET", "GATEWAY_API_KEY", "GATEWAY_API_KEYS"):
         for cm in by_kind(ds, "ConfigMap"):
             if key in (cm.get("data") or {}):
                 fail(f"{what}: {key} in ConfigMap {cm['metadata']['name']}")
@@ -546,6 +546,8 @@ def check_binary(what, ds, c, binary):
                         v = base64.b64decode(made[ref["name"]][ref["key"]]).decode()
                     elif k == "GATEWAY_REDIS_URL":
                         v = "redis://:password@redis.example:6379"
+                    elif k == "GATEWAY_API_KEYS":
+                        v = "stand-in=stand-in-for-an-existing-secret-0123456789"
                     elif k == "GATEWAY_REDIS_CLUSTER_NODES":
                         v = "redis://:password@redis-0.example:6379,redis://:password@redis-1.example:6379"
                     else:
@@ -590,7 +592,7 @@ config_keys = set(schema["properties"]["config"]["properties"])
 chart_set = {"GATEWAY_CONFIG", "GATEWAY_LISTEN", "GATEWAY_NODE_ID", "GATEWAY_INTERNAL_LISTEN", "GATEWAY_DATA_DIR",
              "GATEWAY_PERSISTER", "GATEWAY_JWT_SECRET", "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWT_JWKS",
              "GATEWAY_JWT_ALGORITHM", "GATEWAY_JWT_AUDIENCE", "GATEWAY_JWT_ISSUER", "GATEWAY_ALLOW_ANONYMOUS",
-             "GATEWAY_API_KEY", "GATEWAY_REDIS_URL", "GATEWAY_REDIS_CLUSTER_NODES", "GATEWAY_SCYLLA_NODES",
+             "GATEWAY_API_KEY", "GATEWAY_API_KEYS", "GATEWAY_REDIS_URL", "GATEWAY_REDIS_CLUSTER_NODES", "GATEWAY_SCYLLA_NODES",
              "GATEWAY_SCYLLA_KEYSPACE", "GATEWAY_SCYLLA_REPLICATION", "GATEWAY_SCYLLA_BUCKET"}
 mapped = {"GATEWAY_" + k.upper() for k in config_keys} | chart_set
 binary = gateway_envs | cluster_envs

@@ -20,7 +20,7 @@ use super::presence::Presence;
 use super::publish::{Append, Publisher};
 use super::readers::{ReaderContext, Readers};
 use super::reads::Reads;
-use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, origin};
+use super::streams::{StreamLayout, event_fields, feed_message_fields, load_hash_key, message_fields, origin};
 use super::trim::Trimmer;
 use super::users::UserCounts;
 use super::window::Window;
@@ -324,11 +324,14 @@ impl Bus for RedisBus {
                 let entries: Vec<Append<'_>> = fields
                     .iter()
                     .zip(nonce_keys)
-                    .zip(idx)
-                    .map(|((f, nonce_key), &i)| Append {
+                    .zip(idx.iter().zip(&replies))
+                    .map(|((f, nonce_key), (&i, reply))| Append {
                         fields: &f[..],
                         nonce_key,
-                        feed_key: feed_key.clone().filter(|_| !msgs[i].ephemeral),
+                        feed: feed_key
+                            .clone()
+                            .filter(|_| !msgs[i].ephemeral)
+                            .map(|k| (k, feed_message_fields(&msgs[i], reply.as_deref()))),
                     })
                     .collect();
                 self.shared.publisher.add_all(key, &entries).await

@@ -154,7 +154,7 @@ pub(crate) struct Changes {
 /// [`JUDGE`] with the feed's function before it.
 fn judge_script() -> &'static str {
     static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| format!("{}{JUDGE}", super::feed::FEED_FN))
+    SCRIPT.get_or_init(|| format!("{}{}{JUDGE}", super::feed::MESSAGE_ID_FN, super::feed::FEED_FN))
 }
 
 impl Changes {

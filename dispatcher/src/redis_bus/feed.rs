@@ -1,7 +1,8 @@
 //! (1.1) Writing the event feed (see [`crate::feed`]).
 //!
 //! Stored room events are copied to the feed inside the scripts that
-//! append them ([`FEED_FN`], used by `publish` and `changes`). Connection
+//! append them (`publish`'s append script, `changes`' judge with
+//! [`FEED_FN`]). Connection
 //! events go through [`FeedWriter`]: a channel and one task that writes
 //! whatever has queued since its last write in one pipeline per feed
 //! stream, so a connection storm costs a few round trips, not one per
@@ -31,27 +32,32 @@ use crate::BusError;
 use crate::backoff::Backoff;
 use crate::feed::FeedEvent;
 
-/// A Lua function the append scripts share: copies a stream entry's
-/// fields (from `src[from..=to]`, as name, value pairs) to the feed
-/// stream `key` as an entry of `kind` for message `id`, renaming `f` to
-/// `u` and leaving out the stream's own `k`, `x` and `o`, plus `extra`.
-///
-/// `m` is the protocol's message id (`ms << 22 | seq`, as a decimal
-/// string), computed from the stream entry id in two exact halves: Lua's
-/// numbers are doubles, which hold 53 bits, not 63.
-pub(crate) const FEED_FN: &str = r#"
+/// A Lua function: the protocol's message id of a stream entry id
+/// (`ms << 22 | seq`, as a decimal string), and its millisecond. Computed
+/// in two exact halves: Lua's numbers are doubles, which hold 53 bits,
+/// not 63.
+pub(crate) const MESSAGE_ID_FN: &str = r#"
 local function message_id(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  ms, seq = tonumber(ms), tonumber(seq)
-  local hi = math.floor(ms / 1000000)
-  local a, b = hi * 4194304, (ms - hi * 1000000) * 4194304 + seq
+  local n, s = tonumber(ms), tonumber(seq)
+  local hi = math.floor(n / 1000000)
+  local a, b = hi * 4194304, (n - hi * 1000000) * 4194304 + s
   local carry = math.floor(b / 1000000)
   a, b = a + carry, b - carry * 1000000
-  if a > 0 then return string.format('%.0f%06d', a, b) end
-  return string.format('%d', b)
+  if a > 0 then return string.format('%.0f%06d', a, b), ms end
+  return string.format('%d', b), ms
 end
+"#;
+
+/// A Lua function the change script uses (after [`MESSAGE_ID_FN`]):
+/// copies a stream entry's fields (from `src[from..=to]`, as name, value
+/// pairs) to the feed stream `key` as an entry of `kind` for stream entry
+/// `id`, renaming `f` to `u` and leaving out the stream's own `k`, `x` and
+/// `o`, plus `extra`.
+pub(crate) const FEED_FN: &str = r#"
 local function feed(key, maxlen, kind, id, src, from, to, extra)
-  local a = {key, 'MAXLEN', '~', maxlen, '*', 'k', kind, 'm', message_id(id), 'ts', string.match(id, '^(%d+)')}
+  local m, ms = message_id(id)
+  local a = {key, 'MAXLEN', '~', maxlen, '*', 'k', kind, 'm', m, 'ts', ms}
   for i = from, to, 2 do
     local f = src[i]
     if f == 'f' then f = 'u' end

@@ -22,59 +22,78 @@ pub(crate) struct Publisher {
     conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
-/// Appends a send with a nonce once: if the nonce's key (same hash slot as
-/// the stream) names an entry already, that entry's id; else the entry's
-/// new id, remembered under the key for the window. One script, so two
-/// nodes retrying the same send at once cannot both append it.
-/// KEYS: stream, nonce key. ARGV: window ms, maxlen (0: none), fields.
-const APPEND_ONCE: &str = "local seen = redis.call('GET', KEYS[2]) \
-    if seen then return {1, seen} end \
-    local id \
-    if ARGV[2] == '0' then id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3)) \
-    else id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3)) end \
-    redis.call('SET', KEYS[2], id, 'PX', ARGV[1]) \
-    return {0, id}";
-
-/// (1.1) [`APPEND_ONCE`] with the event feed: appends a stored message to
-/// its shard stream and its copy to the feed stream beside it (same hash
-/// slot), so the feed has it exactly when the stream does, in the room's
-/// order. KEYS: stream, feed stream, the nonce key (optional). ARGV:
-/// window ms, maxlen (0: none), feed maxlen, fields.
-fn append_feed_script() -> &'static str {
-    static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The append script, run with `EVALSHA` (its text is loaded once per
+/// connection: sent with every append, its 1.5 KB would fill Redis's 16 KB
+/// reads with ten commands each, and with `appendfsync always` every read
+/// costs an fsync). One call appends a sender's whole batch to its shard
+/// stream, in order (the per-call cost of a script is paid once a batch),
+/// and for each entry:
+/// - with a nonce key (the next of KEYS[3..], same hash slot as the
+///   stream), appends it once: if the key names an entry already, that
+///   entry's id; else the new id, remembered under the key for the window.
+///   One script, so two nodes retrying the same send at once cannot both
+///   append it;
+/// - (1.1) with feed fields, copies it to the feed stream beside it
+///   (KEYS[2], same hash slot), so the feed has a message exactly when its
+///   stream does, in the room's order.
+///
+/// KEYS: stream, feed stream, the nonce keys of the entries that have one.
+/// ARGV: window ms, maxlen (0: none), feed maxlen, then per entry: has a
+/// nonce (`0`/`1`), N, its N field names and values, M, the M of its feed
+/// entry (0: no copy; `m` and `ts` are added here). Replies `repeat, id`
+/// per entry (`repeat` 1: a repeated nonce, nothing appended).
+fn append_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
-        format!(
+        redis::Script::new(&format!(
             "{}{}",
-            super::feed::FEED_FN,
+            super::feed::MESSAGE_ID_FN,
             r#"
-if KEYS[3] then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then return {1, seen} end
+local out, i, k = {}, 4, 3
+while i <= #ARGV do
+  local nonce = nil
+  if ARGV[i] == '1' then
+    nonce = KEYS[k]
+    k = k + 1
+  end
+  local nf = tonumber(ARGV[i + 1])
+  local fs = i + 2
+  local nff = tonumber(ARGV[fs + nf])
+  local ffs = fs + nf + 1
+  local seen = nonce and redis.call('GET', nonce)
+  if seen then
+    out[#out + 1] = 1
+    out[#out + 1] = seen
+  else
+    local id
+    if ARGV[2] == '0' then
+      id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, fs, fs + nf - 1))
+    else
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, fs, fs + nf - 1))
+    end
+    if nonce then redis.call('SET', nonce, id, 'PX', ARGV[1]) end
+    if nff > 0 then
+      local m, ms = message_id(id)
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'm', m, 'ts', ms, unpack(ARGV, ffs, ffs + nff - 1))
+    end
+    out[#out + 1] = 0
+    out[#out + 1] = id
+  end
+  i = ffs + nff
 end
-local args = {KEYS[1]}
-if ARGV[2] ~= '0' then
-  args[#args + 1] = 'MAXLEN'
-  args[#args + 1] = '~'
-  args[#args + 1] = ARGV[2]
-end
-args[#args + 1] = '*'
-for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
-local id = redis.call('XADD', unpack(args))
-if KEYS[3] then redis.call('SET', KEYS[3], id, 'PX', ARGV[1]) end
-feed(KEYS[2], ARGV[3], 'message', id, ARGV, 4, #ARGV - 1, nil)
-return {0, id}
+return out
 "#
-        )
+        ))
     })
 }
 
 /// One entry to append: its fields, for a send with a nonce the key that
 /// remembers it, and for a stored message with the feed on, the feed
-/// stream its copy goes to.
+/// stream its copy goes to with the copy's fields.
 pub(crate) struct Append<'a> {
     pub(crate) fields: &'a [(&'a str, &'a str)],
     pub(crate) nonce_key: Option<String>,
-    pub(crate) feed_key: Option<String>,
+    pub(crate) feed: Option<(String, Vec<(&'static str, &'a str)>)>,
 }
 
 impl Publisher {
@@ -100,7 +119,8 @@ impl Publisher {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = self.target.connect(Duration::from_secs(5)).await?;
+        let mut c = self.target.connect(Duration::from_secs(5)).await?;
+        load_script(&mut c).await?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -144,34 +164,30 @@ impl Publisher {
         }
     }
 
-    fn append_once(&self, key: &str, nonce_key: &str, fields: &[(&str, &str)]) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(APPEND_ONCE)
-            .arg(2)
+    /// The append script for a batch (see [`append_script`]).
+    fn append(&self, key: &str, entries: &[Append<'_>]) -> redis::Cmd {
+        let feed_key = entries.iter().find_map(|e| e.feed.as_ref().map(|(k, _)| k.as_str()));
+        let nonces: Vec<&str> = entries.iter().filter_map(|e| e.nonce_key.as_deref()).collect();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(append_script().get_hash())
+            .arg(2 + nonces.len())
             .arg(key)
-            .arg(nonce_key)
+            .arg(feed_key.unwrap_or(key))
+            .arg(&nonces)
             .arg(self.dedupe_window.as_millis() as u64)
-            .arg(self.maxlen.unwrap_or(0));
-        for (k, v) in fields {
-            cmd.arg(*k).arg(*v);
-        }
-        cmd
-    }
-
-    fn append_feed(&self, key: &str, feed_key: &str, nonce_key: Option<&str>, fields: &[(&str, &str)]) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(append_feed_script())
-            .arg(if nonce_key.is_some() { 3 } else { 2 })
-            .arg(key)
-            .arg(feed_key);
-        if let Some(nonce_key) = nonce_key {
-            cmd.arg(nonce_key);
-        }
-        cmd.arg(self.dedupe_window.as_millis() as u64)
             .arg(self.maxlen.unwrap_or(0))
             .arg(self.feed.unwrap_or(0));
-        for (k, v) in fields {
-            cmd.arg(*k).arg(*v);
+        for e in entries {
+            cmd.arg(if e.nonce_key.is_some() { "1" } else { "0" })
+                .arg(e.fields.len() * 2);
+            for (k, v) in e.fields {
+                cmd.arg(*k).arg(*v);
+            }
+            let feed = e.feed.as_ref().map_or(&[][..], |(_, f)| &f[..]);
+            cmd.arg(feed.len() * 2);
+            for (k, v) in feed {
+                cmd.arg(*k).arg(*v);
+            }
         }
         cmd
     }
@@ -180,28 +196,57 @@ impl Publisher {
     /// id and whether it was a repeated nonce (then the first one's id, and
     /// nothing appended).
     pub(crate) async fn add_all(&self, key: &str, entries: &[Append<'_>]) -> Result<Vec<(u64, bool)>, BusError> {
+        // Plain XADDs, or one script for the batch: after a NOSCRIPT (the
+        // script cache flushed, a failover) it did not run, and is sent
+        // again once the script is loaded.
+        let scripted = entries.iter().any(|e| e.nonce_key.is_some() || e.feed.is_some());
         let mut pipe = redis::pipe();
-        for e in entries {
-            pipe.add_command(match (&e.feed_key, &e.nonce_key) {
-                (Some(feed_key), nonce_key) => self.append_feed(key, feed_key, nonce_key.as_deref(), e.fields),
-                (None, None) => self.xadd(key, e.fields),
-                (None, Some(nonce_key)) => self.append_once(key, nonce_key, e.fields),
-            });
+        if scripted {
+            pipe.add_command(self.append(key, entries));
+        } else {
+            for e in entries {
+                pipe.add_command(self.xadd(key, e.fields));
+            }
         }
         let mut conn = self.conn().await?;
         let started = Instant::now();
-        let reply = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+        let mut reply = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+        if scripted && reply.as_ref().is_err_and(is_noscript) {
+            load_script(&mut conn).await?;
+            reply = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+        }
         crate::metrics::get()
             .publish_seconds
             .record(started.elapsed().as_secs_f64());
         match reply {
-            Ok(replies) => replies.iter().map(appended).collect(),
+            Ok(replies) if scripted => match replies.as_slice() {
+                [redis::Value::Array(pairs)] if pairs.len() == entries.len() * 2 => {
+                    pairs.chunks(2).map(appended).collect()
+                }
+                other => Err(redis_error("append script", format!("unexpected reply {other:?}"))),
+            },
+            Ok(replies) => replies.iter().map(|v| appended(std::slice::from_ref(v))).collect(),
             Err(e) => {
                 self.failed(&e).await;
                 Err(redis_error("XADD pipeline", e))
             }
         }
     }
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// Loads the append script into the Redis behind `conn` (every master of
+/// a cluster).
+async fn load_script(conn: &mut Conn) -> Result<(), BusError> {
+    append_script()
+        .prepare_invoke()
+        .load_async(conn)
+        .await
+        .map(drop)
+        .map_err(|e| redis_error("SCRIPT LOAD", e))
 }
 
 impl Publisher {
@@ -219,8 +264,8 @@ impl Publisher {
     }
 }
 
-/// An `XADD` reply (an id) or an [`APPEND_ONCE`] reply (`[repeat, id]`).
-fn appended(v: &redis::Value) -> Result<(u64, bool), BusError> {
+/// An `XADD` reply (`[id]`) or an [`append_script`] entry's (`[repeat, id]`).
+fn appended(v: &[redis::Value]) -> Result<(u64, bool), BusError> {
     use redis::Value;
     let text = |v: &Value| match v {
         Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
@@ -229,12 +274,9 @@ fn appended(v: &redis::Value) -> Result<(u64, bool), BusError> {
     };
     let odd = || redis_error("XADD", format!("unexpected reply {v:?}"));
     match v {
-        Value::Array(parts) if parts.len() == 2 => {
-            let repeat = matches!(parts[0], Value::Int(1));
-            let id = text(&parts[1]).ok_or_else(odd)?;
-            Ok((parse_id(&id)?, repeat))
-        }
-        other => Ok((parse_id(&text(other).ok_or_else(odd)?)?, false)),
+        [repeat, id] => Ok((parse_id(&text(id).ok_or_else(odd)?)?, matches!(repeat, Value::Int(1)))),
+        [id] => Ok((parse_id(&text(id).ok_or_else(odd)?)?, false)),
+        _ => Err(odd()),
     }
 }
 

@@ -89,9 +89,9 @@ app.kubernetes.io/component: dispatcher
 {{- end }}
 {{- end }}
 
-{{/* "true" when the chart creates the Secret (JWT secret and/or API key). */}}
+{{/* "true" when the chart creates the Secret (JWT secret and/or API keys). */}}
 {{- define "chat-gateway.createSecret" -}}
-{{- if and (not .Values.auth.existingSecret) (or (eq (include "chat-gateway.jwtMode" .) "secret") .Values.auth.apiKey) }}true{{ end }}
+{{- if and (not .Values.auth.existingSecret) (or (eq (include "chat-gateway.jwtMode" .) "secret") .Values.auth.apiKey .Values.auth.apiKeys) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -113,7 +113,7 @@ A setting's value as environment text: whole numbers without an exponent
 
 {{/* Settings of `config` that the dispatcher shares (ClusterArgs and LogArgs). */}}
 {{- define "chat-gateway.clusterKeys" -}}
-redis_prefix stream_shards stream_maxlen stream_max_bytes stream_max_age dedupe_window stream_trim_interval presence_ttl persister_batch persister_wait persister_claim_idle log_format log
+redis_prefix stream_shards stream_maxlen stream_max_bytes stream_max_age dedupe_window feed feed_maxlen stream_trim_interval presence_ttl persister_batch persister_wait persister_claim_idle log_format log
 {{- end }}
 
 {{/*
@@ -187,6 +187,9 @@ counts the preStop hook inside the grace period).
 {{- end }}
 {{- if and (eq .Values.kind "Deployment") .Values.persistence.enabled }}
 {{- fail "persistence.enabled needs kind StatefulSet: pods of a Deployment would share one volume, and nodes never share a data directory" }}
+{{- end }}
+{{- if and (eq (toString .Values.config.feed) "true") (not $redis) }}
+{{- fail "config.feed needs Redis (redis.url, redis.clusterNodes or redis.secret): the event feed is Redis streams" }}
 {{- end }}
 {{- if and .Values.dispatcher.enabled (not (and $redis (include "chat-gateway.scyllaEnabled" .))) }}
 {{- fail "dispatcher.enabled needs Redis and ScyllaDB (redis.* and scylla.nodes): it drains the streams into the CQL store" }}
