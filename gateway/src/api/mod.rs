@@ -176,13 +176,14 @@ pub async fn serve(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
                         },
                     };
                     let allow = allow.map(|a| a.to_string());
+                    let outcome = e.code.as_str();
                     let mut response = e.into_response();
                     if let Some(allow) = allow {
                         response
                             .headers_mut()
                             .insert(header::ALLOW, http::HeaderValue::from_str(&allow).expect("static"));
                     }
-                    crate::metrics::api_request(&name, "unknown", ErrorCode::NotFound.as_str());
+                    crate::metrics::api_request(&name, "unknown", outcome);
                     tracing::info!(key = %name, %method, path = %path, status = response.status().as_u16(), "server API call");
                     return response;
                 }

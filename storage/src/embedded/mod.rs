@@ -618,6 +618,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bans_and_revocations_last_until_they_end_and_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = protocol::id::now_ms();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store.set_ban("r", "u", now + 60_000).await.unwrap();
+            store.set_ban("r", "gone", now - 1).await.unwrap();
+            assert_eq!(store.ban("r", "u", now).await.unwrap(), Some(now + 60_000));
+            assert_eq!(store.ban("r", "u", now + 60_000).await.unwrap(), None, "ended");
+            assert_eq!(store.ban("other", "u", now).await.unwrap(), None);
+            assert_eq!(store.ban("r", "gone", now).await.unwrap(), None);
+            // A later revocation moves the time; an earlier one does not.
+            store.set_revoked("u", 5_000, now + 60_000).await.unwrap();
+            store.set_revoked("u", 4_000, now + 30_000).await.unwrap();
+            assert_eq!(store.revoked("u", now).await.unwrap(), Some(5_000));
+            store.set_revoked("u", 6_000, now + 10_000).await.unwrap();
+            assert_eq!(store.revoked("u", now).await.unwrap(), Some(6_000));
+            assert_eq!(
+                store.revoked("u", now + 60_000).await.unwrap(),
+                None,
+                "kept until the latest end"
+            );
+            store.set_revoked("old", 1, now - 1).await.unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.ban("r", "u", now).await.unwrap(), Some(now + 60_000));
+        assert_eq!(store.revoked("u", now).await.unwrap(), Some(6_000));
+        // Ended entries are gone from the table at open.
+        let txn = store.db.begin_read().unwrap();
+        let t = txn.open_table(moderation::MODERATION).unwrap();
+        assert_eq!(t.iter().unwrap().count(), 2);
+    }
+
+    #[tokio::test]
     async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
