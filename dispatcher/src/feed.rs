@@ -68,16 +68,16 @@ impl FeedEvent {
         }
     }
 
-    /// Its fields in the feed: `k`, `u`, `r` (join, leave), `n` the node's
-    /// incarnation (`<node id>|<token>`, new at every start), `c` the
-    /// connection's number on it, `ts` (ms).
+    /// Its fields in the feed: `k`, `u`, `r` (join, leave), `node` the
+    /// node's incarnation (`<node id>|<token>`, new at every start), `conn`
+    /// the connection's number on it, `ts` (ms).
     pub fn fields(&self, node: &str, ts: u64) -> Vec<(&'static str, String)> {
         let mut f = vec![("k", self.kind().to_string()), ("u", self.user().to_string())];
         if let Some(room) = self.room() {
             f.push(("r", room.to_string()));
         }
-        f.push(("n", node.to_string()));
-        f.push(("c", self.conn().to_string()));
+        f.push(("node", node.to_string()));
+        f.push(("conn", self.conn().to_string()));
         f.push(("ts", ts.to_string()));
         f
     }

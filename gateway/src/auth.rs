@@ -46,12 +46,12 @@ impl Identity {
         self.mods.as_deref().is_some_and(|m| protocol::room::allowed(m, room))
     }
 
-    /// Seconds until the token expires (0 once it has); `None` for guests.
     /// A guest: no token, nothing to revoke.
     pub fn is_guest(&self) -> bool {
         self.expires_at == 0
     }
 
+    /// Seconds until the token expires (0 once it has); `None` for guests.
     pub fn expires_in(&self) -> Option<u64> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

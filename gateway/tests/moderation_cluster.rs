@@ -194,3 +194,78 @@ async fn a_node_cut_off_from_redis_applies_a_kick_when_it_returns() {
         "{r}"
     );
 }
+
+/// On a three-master Redis Cluster: a ban, a revocation and the feed's
+/// copies work across slots (the control stream, ban and revocation keys,
+/// and each feed stream beside its shard stream, in its hash slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_and_the_feed_on_a_redis_cluster() {
+    let cluster = testkit::RedisCluster::start(3);
+    let nodes_flag = cluster.urls().join(",");
+    let args = [
+        "--redis-cluster-nodes",
+        &nodes_flag,
+        "--stream-shards",
+        "4",
+        "--feed",
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+    ];
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<GatewayProcess> = dirs
+        .iter()
+        .map(|d| GatewayProcess::start(env!("CARGO_BIN_EXE_gateway"), d.path(), &args))
+        .collect();
+    let old = token(claims_issued("fay", -10));
+    let mut fay = authed(&nodes[0].url(), &old).await;
+    let mut gus = authed(&nodes[1].url(), &token(claims_issued("gus", -10))).await;
+    fay.join("hall").await;
+    gus.join("hall").await;
+    let mut sent = 0;
+    for i in 0..10 {
+        fay.send_msg("hall", json!({"i": i})).await;
+        gus.send_msg("hall", json!({"i": i})).await;
+        sent += 2;
+    }
+    wait_counts(&nodes[1], "hall", 2, 2).await;
+
+    let (status, v) = api(
+        nodes[1].addr,
+        "POST",
+        "/api/rooms/hall/kick",
+        json!({"user":"fay","ban_seconds":600}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let r = fay.recv_matching(|v| v["op"] == "removed").await;
+    assert_eq!(r["reason"], "banned", "{r}");
+    let r = fay.request(json!({"op":"join","room":"hall"})).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let (status, v) = api(nodes[0].addr, "POST", "/api/users/fay/revoke", Value::Null).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(fay.until_closed().await.0, Ended::Close(4003));
+    let mut again = Client::connect(&nodes[1].url(), None).await;
+    let r = again.request(json!({"op":"auth","token":old})).await;
+    assert_eq!(r["message"], "token revoked", "{r}");
+
+    // Every message is in the feed stream of its room, beside its shard.
+    let port = cluster.ports[0].to_string();
+    let feed_messages = || {
+        (0..4)
+            .map(|s| {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-c", "-p", &port, "XRANGE", &format!("gw:feed:{{s{s}}}"), "-", "+"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| *l == "message")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(feed_messages(), sent);
+    assert_eq!(gus.request(json!({"op":"ping"})).await["op"], "pong");
+}

@@ -125,6 +125,47 @@ async fn a_retry_on_another_node_is_a_duplicate_on_one_redis() {
     across_nodes(vec!["--redis-url".into(), redis.url()]).await;
 }
 
+/// The append and change scripts run by their hash: after Redis forgets
+/// them (`SCRIPT FLUSH`, as after a failover), they are loaded again and
+/// the send, the edit and the retry still work.
+#[tokio::test]
+async fn sends_and_changes_survive_a_script_flush() {
+    let redis = RedisServer::start();
+    let node = TestNode::start(&["--redis-url", &redis.url(), "--jwt-secret", SECRET]).await;
+    let mut a = Client::connect(&node.url(), None).await;
+    let ok = a.request(json!({"op":"auth","token":token(valid_claims("ann"))})).await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    a.join("r").await;
+    let send = json!({"op":"send","room":"r","body":1,"nonce":"n-1"});
+    let first = a.request(send.clone()).await;
+    assert_eq!(first["op"], "ok", "{first}");
+    assert_eq!(
+        testkit::redis_command(redis.port, &["SCRIPT", "FLUSH"]).as_deref(),
+        Some("+OK\r\n")
+    );
+    let again = a.request(send).await;
+    assert_eq!(
+        (again["msg"].clone(), again["duplicate"].clone()),
+        (first["msg"].clone(), json!(true)),
+        "{again}"
+    );
+    let edit = a
+        .request(json!({"op":"edit","room":"r","msg":first["msg"],"body":2}))
+        .await;
+    assert_eq!(edit["op"], "ok", "{edit}");
+    assert_eq!(
+        testkit::redis_command(redis.port, &["SCRIPT", "FLUSH"]).as_deref(),
+        Some("+OK\r\n")
+    );
+    let react = a
+        .request(json!({"op":"react","room":"r","msg":first["msg"],"key":"+1"}))
+        .await;
+    assert_eq!(react["op"], "ok", "{react}");
+    let next = a.request(json!({"op":"send","room":"r","body":3,"nonce":"n-2"})).await;
+    assert_eq!(next["op"], "ok", "{next}");
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn a_retry_on_another_node_is_a_duplicate_on_a_redis_cluster() {
     let redis = RedisCluster::start(3);

@@ -151,10 +151,17 @@ pub(crate) struct Changes {
     pub(crate) feed: Option<usize>,
 }
 
-/// [`JUDGE`] with the feed's function before it.
-fn judge_script() -> &'static str {
-    static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| format!("{}{}{JUDGE}", super::feed::MESSAGE_ID_FN, super::feed::FEED_FN))
+/// [`JUDGE`] with the feed's functions before it, run by its hash (its
+/// 4 KB of text in every command would fill Redis's reads).
+fn judge_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(&format!(
+            "{}{}{JUDGE}",
+            super::feed::MESSAGE_ID_FN,
+            super::feed::FEED_FN
+        ))
+    })
 }
 
 impl Changes {
@@ -169,7 +176,9 @@ impl Changes {
         // At most: seed me, ask the store, then an answer.
         for _ in 0..3 {
             let cmd = self.judge(msg, change, &fields, seed.as_ref(), hint);
-            let reply = publisher.run(cmd, "EVAL (judge a change)").await?;
+            let reply = publisher
+                .run_script(judge_script(), cmd, "EVALSHA (judge a change)")
+                .await?;
             match code(&reply)? {
                 (0, Some(id)) => {
                     let id = parse_entry_id(&id).ok_or_else(|| redis_error("XADD", format!("odd id {id:?}")))?;
@@ -218,8 +227,8 @@ impl Changes {
         seed: Option<&Seed>,
         hint: Option<bool>,
     ) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(judge_script())
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(judge_script().get_hash())
             .arg(if self.feed.is_some() { 4 } else { 3 })
             .arg(self.layout.room_key(&msg.room))
             .arg(self.layout.state_key(&msg.room, change.target))

@@ -250,11 +250,26 @@ async fn load_script(conn: &mut Conn) -> Result<(), BusError> {
 }
 
 impl Publisher {
-    /// Runs one command (a script) on the shared connection; `what` names
-    /// it in errors.
-    pub(crate) async fn run(&self, cmd: redis::Cmd, what: &'static str) -> Result<redis::Value, BusError> {
+    /// Runs `script` (by its hash: `cmd` is its `EVALSHA`) on the shared
+    /// connection, loading it first when Redis does not have it; `what`
+    /// names it in errors.
+    pub(crate) async fn run_script(
+        &self,
+        script: &redis::Script,
+        cmd: redis::Cmd,
+        what: &'static str,
+    ) -> Result<redis::Value, BusError> {
         let mut conn = self.conn().await?;
-        match cmd.query_async::<redis::Value>(&mut conn).await {
+        let mut reply = cmd.query_async::<redis::Value>(&mut conn).await;
+        if reply.as_ref().is_err_and(is_noscript) {
+            script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| redis_error("SCRIPT LOAD", e))?;
+            reply = cmd.query_async::<redis::Value>(&mut conn).await;
+        }
+        match reply {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.failed(&e).await;
