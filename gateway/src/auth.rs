@@ -32,8 +32,11 @@ pub struct Identity {
     /// The token's `exp` (Unix seconds); 0 for guests (no expiry). Not an
     /// `Option`: the identity lives in every connection.
     pub expires_at: u64,
-    /// (1.1) The token's `iat` (Unix seconds), for revocations.
-    pub iat: Option<u64>,
+    /// (1.1) The token's `iat` (Unix seconds), for revocations; 0 when the
+    /// token has none (a revocation covers both alike). Not an `Option`:
+    /// 8 bytes more in every connection's task moved it to the next
+    /// allocator size class.
+    pub iat: u64,
 }
 
 impl Identity {
@@ -49,6 +52,11 @@ impl Identity {
     /// A guest: no token, nothing to revoke.
     pub fn is_guest(&self) -> bool {
         self.expires_at == 0
+    }
+
+    /// The token's `iat`, when it has one.
+    pub fn issued_at(&self) -> Option<u64> {
+        (self.iat != 0).then_some(self.iat)
     }
 
     /// Seconds until the token expires (0 once it has); `None` for guests.
@@ -216,7 +224,7 @@ impl Authenticator {
             mods: claims.mods.map(Into::into),
             // At least 1: 0 is a guest's.
             expires_at: (claims.exp.max(1.0)) as u64,
-            iat: claims.iat.map(|t| t.max(0.0) as u64),
+            iat: claims.iat.map_or(0, |t| t.max(0.0) as u64),
         })
     }
 
@@ -227,7 +235,7 @@ impl Authenticator {
             rooms: self.default_rooms.clone(),
             mods: None,
             expires_at: 0,
-            iat: None,
+            iat: 0,
         }
     }
 }

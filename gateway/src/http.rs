@@ -176,7 +176,8 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         Ok(slot) => slot,
         Err(refusal) => return refused(refusal),
     };
-    let header_auth = auth::bearer(req.headers()).map(|token| node.auth.authenticate(Some(token)));
+    // Boxed: the task keeps its arguments all its life.
+    let header_auth = auth::bearer(req.headers()).map(|token| Box::new(node.auth.authenticate(Some(token))));
     // Take hyper's upgrade handle first: fastwebsockets' own future would
     // build a WebSocket with a read buffer we do not want to keep.
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -200,7 +201,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
 pub(crate) async fn connection_task(
     node: Arc<Node>,
     on_upgrade: hyper::upgrade::OnUpgrade,
-    header_auth: Option<Result<Identity, AuthError>>,
+    header_auth: Option<Box<Result<Identity, AuthError>>>,
     slot: Slot,
 ) {
     let _slot = slot;

@@ -94,10 +94,15 @@ pub struct Queue {
     /// (1.1) Operator actions for the connection's task to carry out
     /// (boxed: almost every connection never gets one).
     pub commands: Option<Box<Vec<Control>>>,
+    /// (1.1) Its user, once it authenticated: what operator actions match.
+    pub user: Option<Arc<str>>,
 }
 
 pub struct ConnHandle {
     pub id: u64,
+    /// (1.1) Its place in the node's connections (`moderation`); `u32`
+    /// beside `signalled`, so the handle keeps its allocator size class.
+    pub slot: u32,
     pub queue: Mutex<Queue>,
     /// Wakes the connection's task: something was queued on an empty queue,
     /// the queue overflowed, or it was closed. A flag and one waker slot
@@ -114,6 +119,7 @@ impl ConnHandle {
     pub fn detached(id: u64, limits: QueueLimits) -> ConnHandle {
         ConnHandle {
             id,
+            slot: u32::MAX,
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
             signalled: AtomicBool::new(false),
@@ -318,8 +324,8 @@ pub struct Membership {
 const REGISTRY_STRIPES: usize = 16;
 
 pub struct Hub {
-    /// (1.1) Each user's connections, for operator actions.
-    pub users: crate::moderation::UserConns,
+    /// (1.1) Every connection, for operator actions.
+    pub conns: crate::moderation::Connections,
     shards: Vec<mpsc::UnboundedSender<ShardCmd>>,
     registry: Vec<Mutex<HashMap<Arc<str>, RoomState>>>,
     hasher: std::collections::hash_map::RandomState,
@@ -337,7 +343,7 @@ impl Hub {
             })
             .collect();
         Arc::new(Hub {
-            users: Default::default(),
+            conns: Default::default(),
             shards: senders,
             registry: (0..REGISTRY_STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
@@ -348,13 +354,15 @@ impl Hub {
 
     pub fn new_conn(&self) -> Arc<ConnHandle> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        Arc::new(ConnHandle {
-            id,
-            queue: Mutex::new(Queue::default()),
-            waker: AtomicWaker::new(),
-            signalled: AtomicBool::new(false),
-            limits: self.limits,
+        self.conns.add(|slot| ConnHandle {
+            slot,
+            ..ConnHandle::detached(id, self.limits)
         })
+    }
+
+    /// The connection ended: it leaves the node's connections.
+    pub fn end_conn(&self, conn: &ConnHandle) {
+        self.conns.remove(conn);
     }
 
     fn shard_of(&self, conn_id: u64) -> usize {
@@ -576,6 +584,6 @@ impl Sink for Router {
     }
 
     fn control(&self, action: &Control) {
-        self.hub.users.apply(action);
+        self.hub.conns.apply(action);
     }
 }

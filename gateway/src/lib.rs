@@ -28,8 +28,8 @@
 //!   followed so keys rotate without a restart. [`metrics`]: `gateway_*` metrics.
 //! - [`read_events`] (1.1): `read` events, coalesced to one per user and
 //!   room per second on a node.
-//! - [`moderation`] (1.1): each user's connections on this node, and the
-//!   operator actions (kick, disconnect, revoke) queued on them.
+//! - [`moderation`] (1.1): the node's connections, and the operator
+//!   actions (kick, disconnect, revoke) queued on those of a user.
 //! - `accept`: the client listener's accept step, which closes connections
 //!   over their address's rate before tokio registers them.
 //! - `server`: [`run`] wires them to the bus (`dispatcher`) and the store

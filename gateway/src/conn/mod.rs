@@ -38,7 +38,12 @@ use crate::metrics;
 /// Serves one upgraded connection until it ends. `prefix` holds bytes
 /// hyper read past the upgrade request; `header_auth` is the result of an
 /// `Authorization` header, if there was one.
-pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: Option<Result<Identity, AuthError>>) {
+pub async fn serve(
+    node: Arc<Node>,
+    tcp: TcpStream,
+    prefix: Bytes,
+    header_auth: Option<Box<Result<Identity, AuthError>>>,
+) {
     let m = metrics::get();
     m.connections_active.increment(1.0);
     m.connections_opened.increment(1);
@@ -46,7 +51,7 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, prefix: Bytes, header_auth: 
     if let Some(h) = header_auth {
         // Boxed: its state (the identity, the per-user admission) must not
         // be part of every idle task.
-        Box::pin(s.header_auth(h)).await;
+        Box::pin(s.header_auth(*h)).await;
     }
     // Each step awaited here, not wrapped in one more async fn: this future
     // lives as long as the connection, and a wrapper that owned the socket
@@ -113,6 +118,7 @@ mod tests {
             let fut = super::serve(node, tcp, bytes::Bytes::new(), None);
             let n = size(&fut);
             eprintln!("connection future: {n} bytes");
+            eprintln!("conn handle: {} bytes", std::mem::size_of::<crate::hub::ConnHandle>());
             assert!(n < 2048, "connection future is {n} bytes");
             // The task spawned per connection wraps it (the upgrade's wait
             // and the admission slot): measured without calling it.

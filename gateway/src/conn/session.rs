@@ -208,7 +208,7 @@ impl Session {
         }
         if self.identity.is_none() {
             // Operator actions find the connection by its user from now on.
-            self.node.hub.users.add(&identity.user, &self.handle);
+            self.handle.queue.lock().user = Some(identity.user.clone());
             self.node.bus.feed(FeedEvent::Connect {
                 user: identity.user.clone(),
                 conn: self.handle.id,
@@ -220,8 +220,8 @@ impl Session {
     /// The connection ended (after leaving its rooms): operator actions
     /// no longer look for it, and the feed hears of it.
     pub(super) fn forget_identity(&self) {
+        self.node.hub.end_conn(&self.handle);
         if let Some(identity) = &self.identity {
-            self.node.hub.users.remove(&identity.user, self.handle.id);
             self.node.bus.feed(FeedEvent::Disconnect {
                 user: identity.user.clone(),
                 conn: self.handle.id,

@@ -31,7 +31,7 @@ impl Session {
                     if self
                         .identity
                         .as_ref()
-                        .is_some_and(|i| !i.is_guest() && is_revoked(i.iat, before))
+                        .is_some_and(|i| !i.is_guest() && is_revoked(i.issued_at(), before))
                     {
                         self.end = Some(End::Close(close::DISCONNECTED, "token revoked"));
                     }
@@ -49,7 +49,7 @@ impl Session {
             return false;
         }
         match self.node.bus.revoked(&identity.user).await {
-            Ok(Some(before)) => is_revoked(identity.iat, before),
+            Ok(Some(before)) => is_revoked(identity.issued_at(), before),
             Ok(None) => false,
             Err(e) => {
                 tracing::warn!(error = %e, "token revocations not readable: token let through");
