@@ -1,5 +1,5 @@
 //! The server API's moderation (1.1) across real gateway processes on real
-//! Redis: a kick with a ban reaches every node's connections within a
+//! Redis (and real Cassandra for history): a kick with a ban reaches every node's connections within a
 //! second and holds across a restart; a disconnect and a revocation close
 //! every connection of the user with 4003 and refuse the old token
 //! everywhere; a node cut off from Redis while a kick is issued applies it
@@ -13,10 +13,16 @@ use common::*;
 use serde_json::{Value, json};
 use testkit::{GatewayProcess, RedisServer, TcpProxy, Wait};
 
-fn flags(redis_url: &str) -> Vec<String> {
+/// A node on `redis_url`, with history in the CQL server in `keyspace`.
+fn flags(redis_url: &str, keyspace: &str) -> Vec<String> {
+    let cql = testkit::cql_nodes().join(",");
     [
         "--redis-url",
         redis_url,
+        "--scylla-nodes",
+        &cql,
+        "--scylla-keyspace",
+        keyspace,
         "--jwt-secret",
         SECRET,
         "--api-key",
@@ -51,7 +57,7 @@ async fn wait_counts(node: &GatewayProcess, room: &str, members: u64, users: u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kick_and_ban_across_three_nodes_hold_after_a_restart() {
     let redis = RedisServer::start();
-    let flags = flags(&redis.url());
+    let flags = flags(&redis.url(), &testkit::fresh_keyspace("kick"));
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes: Vec<GatewayProcess> = dirs.iter().map(|d| start(d.path(), &flags)).collect();
     let alice = token(claims_issued("alice", -10));
@@ -102,7 +108,20 @@ async fn kick_and_ban_across_three_nodes_hold_after_a_restart() {
     assert_eq!(r["code"], "forbidden", "after a restart: {r}");
     // Other rooms are open to her, and bob was never touched.
     again.join("lobby").await;
-    bob.send_msg("hall", json!("still here")).await;
+    let kept = bob.send_msg("hall", json!("still here")).await;
+    // Room info over the cluster names it last; a moderator's deletion
+    // through node 2 reaches bob on node 0.
+    let (_, v) = api(nodes[2].addr, "GET", "/api/rooms/hall", Value::Null).await;
+    assert_eq!(v["last_msg"], kept.to_string(), "{v}");
+    let path = format!("/api/rooms/hall/messages/{kept}");
+    let (status, v) = api(nodes[2].addr, "DELETE", &path, Value::Null).await;
+    assert_eq!(status, 200, "{v}");
+    let d = bob.recv_matching(|v| v["op"] == "delete").await;
+    assert_eq!(
+        (d["target"].clone(), d["from"].clone()),
+        (json!(kept.to_string()), json!("system")),
+        "{d}"
+    );
 
     // The ban ends: she may join again.
     Wait::new("the ban to end", Duration::from_secs(15))
@@ -119,7 +138,7 @@ async fn kick_and_ban_across_three_nodes_hold_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_and_revoke_close_every_connection_of_the_user() {
     let redis = RedisServer::start();
-    let flags = flags(&redis.url());
+    let flags = flags(&redis.url(), &testkit::fresh_keyspace("revoke"));
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes: Vec<GatewayProcess> = dirs.iter().map(|d| start(d.path(), &flags)).collect();
     let old = token(claims_issued("carol", -10));
@@ -174,8 +193,9 @@ async fn a_node_cut_off_from_redis_applies_a_kick_when_it_returns() {
     let redis = RedisServer::start();
     let proxy = TcpProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = start(da.path(), &flags(&proxy.redis_url()));
-    let b = start(db.path(), &flags(&redis.url()));
+    let ks = testkit::fresh_keyspace("cutoff");
+    let a = start(da.path(), &flags(&proxy.redis_url(), &ks));
+    let b = start(db.path(), &flags(&redis.url(), &ks));
     let mut erin = authed(&a.url(), &token(claims_issued("erin", -10))).await;
     erin.join("hall").await;
     wait_counts(&b, "hall", 1, 1).await;
