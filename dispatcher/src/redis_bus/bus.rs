@@ -20,7 +20,7 @@ use super::presence::Presence;
 use super::publish::{Append, Publisher};
 use super::readers::{ReaderContext, Readers};
 use super::reads::Reads;
-use super::streams::{StreamLayout, event_fields, feed_message_fields, load_hash_key, message_fields, origin};
+use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, origin};
 use super::trim::Trimmer;
 use super::users::UserCounts;
 use super::window::Window;
@@ -76,7 +76,7 @@ struct Shared {
     layout: StreamLayout,
     pool: Pool,
     lease: NodeLease,
-    publisher: Publisher,
+    publisher: Arc<Publisher>,
     trimmer: Trimmer,
     trim_every: Duration,
     ready: AtomicBool,
@@ -111,13 +111,15 @@ impl RedisBus {
             .ok_or_else(|| BusError::Unavailable(format!("redis: {name} is not 32 hex digits")))?;
         // With a store, the trimmer cuts streams only below what the
         // persister has stored; without one, appends trim by count.
-        let publisher = Publisher::connect(
-            cfg.target.clone(),
-            store.is_none().then_some(cfg.maxlen),
-            cfg.dedupe_window,
-            cfg.feed,
-        )
-        .await?;
+        let publisher = Arc::new(
+            Publisher::connect(
+                cfg.target.clone(),
+                store.is_none().then_some(cfg.maxlen),
+                cfg.dedupe_window,
+                cfg.feed,
+            )
+            .await?,
+        );
         let closed = CancellationToken::new();
         let tasks = TaskTracker::new();
         let node_id = lease.node_id.clone();
@@ -324,14 +326,11 @@ impl Bus for RedisBus {
                 let entries: Vec<Append<'_>> = fields
                     .iter()
                     .zip(nonce_keys)
-                    .zip(idx.iter().zip(&replies))
-                    .map(|((f, nonce_key), (&i, reply))| Append {
+                    .zip(idx.iter())
+                    .map(|((f, nonce_key), &i)| Append {
                         fields: &f[..],
                         nonce_key,
-                        feed: feed_key
-                            .clone()
-                            .filter(|_| !msgs[i].ephemeral)
-                            .map(|k| (k, feed_message_fields(&msgs[i], reply.as_deref()))),
+                        feed: feed_key.clone().filter(|_| !msgs[i].ephemeral),
                     })
                     .collect();
                 self.shared.publisher.add_all(key, &entries).await

@@ -1,9 +1,8 @@
 //! (1.1) Writing the event feed (see [`crate::feed`]).
 //!
 //! Stored room events are copied to the feed inside the scripts that
-//! append them (`publish`'s append script, `changes`' judge with
-//! [`FEED_FN`]). Connection
-//! events go through [`FeedWriter`]: a channel and one task that writes
+//! append them (`publish`'s append script and `changes`' judge, both with
+//! [`FEED_FN`]). Connection events go through [`FeedWriter`]: a channel and one task that writes
 //! whatever has queued since its last write in one pipeline per feed
 //! stream, so a connection storm costs a few round trips, not one per
 //! event. If Redis is away the events wait (up to [`MAX_QUEUED`], the
@@ -49,7 +48,7 @@ local function message_id(id)
 end
 "#;
 
-/// A Lua function the change script uses (after [`MESSAGE_ID_FN`]):
+/// A Lua function the append and change scripts use (after [`MESSAGE_ID_FN`]):
 /// copies a stream entry's fields (from `src[from..=to]`, as name, value
 /// pairs) to the feed stream `key` as an entry of `kind` for stream entry
 /// `id`, renaming `f` to `u` and leaving out the stream's own `k`, `x` and

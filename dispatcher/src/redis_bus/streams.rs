@@ -263,21 +263,6 @@ pub fn message_fields<'a>(msg: &'a NewMessage, reply_to: Option<&'a str>) -> Vec
     fields
 }
 
-/// (1.1) A stored message's entry in the event feed, but for `m` and
-/// `ts`, which the append script adds (docs/FEED.md).
-pub fn feed_message_fields<'a>(msg: &'a NewMessage, reply_to: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
-    let mut fields = vec![
-        ("k", "message"),
-        ("r", &*msg.room),
-        ("u", &*msg.from),
-        ("b", msg.body.as_str()),
-    ];
-    if let Some(r) = reply_to {
-        fields.push(("p", r));
-    }
-    fields
-}
-
 /// (1.1) A change's entry fields; `target` is its target id as text.
 pub fn change_fields<'a>(msg: &'a NewMessage, change: &'a Change, target: &'a str) -> Vec<(&'static str, &'a str)> {
     let mut fields = vec![
