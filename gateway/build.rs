@@ -1,7 +1,8 @@
 //! Build script: the git commit the node is built from, for the
 //! `gateway_build_info{commit}` metric (`GATEWAY_COMMIT`), or `unknown`
 //! outside a git checkout (a source tarball, a container build without
-//! `.git`). Reruns when the checked-out commit changes.
+//! `.git`). Reruns when the checked-out commit changes, or the embedded
+//! demo page.
 
 use std::process::Command;
 
@@ -30,4 +31,7 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
+    // The demo page is embedded (src/demo.rs): a file added to or changed
+    // in assets/demo rebuilds the binary.
+    println!("cargo:rerun-if-changed=assets/demo");
 }

@@ -264,6 +264,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_TOKEN_MAX_LIFETIME", default_value = "7d", value_parser = humantime::parse_duration)]
     pub token_max_lifetime: Duration,
 
+    /// The demo chat page at `/` (built on the TypeScript client,
+    /// embedded in the binary; `clients/demo`). `false`: `/` is 404.
+    #[arg(long, env = "GATEWAY_DEMO", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
+          action = ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo: bool,
+
     /// Time allowed to drain on SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

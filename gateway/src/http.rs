@@ -1,5 +1,6 @@
 //! HTTP beside the WebSocket: routing, the upgrade at `/ws`, health,
-//! readiness, metrics; `/api/...` goes to [`crate::api`].
+//! readiness, metrics; `/api/...` goes to [`crate::api`], `/` and
+//! `/demo/...` to [`crate::demo`].
 //!
 //! What hyper leaves to us is checked here: a request's `Host` (RFC 9112
 //! 3.2: one, valid, and required in HTTP/1.1; else 400 and the connection
@@ -104,6 +105,10 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr, listen
             .expect("static response parts"),
         _ if internal => text(StatusCode::NOT_FOUND, "not found\n"),
         _ if path.starts_with("/api/") => crate::api::serve(node, req).await,
+        (&Method::GET | &Method::HEAD, _) if node.settings.config.demo => match crate::demo::serve(&req) {
+            Some(response) => response,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

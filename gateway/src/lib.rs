@@ -8,7 +8,9 @@
 //!   node shares.
 //! - [`http`]: hyper 1 routes; `/ws` upgrades hand the raw socket to
 //!   [`conn`], one small task per connection; `/api/...` is the server API
-//!   ([`api`]: messages, moderation, room info, behind named API keys).
+//!   ([`api`]: messages, moderation, room info, behind named API keys);
+//!   `/` and `/demo/...` the demo chat page (`demo`: files built from
+//!   `clients/demo`, embedded at compile time).
 //! - [`conn`]: one connection, in layers that depend one way: the socket
 //!   (`conn/socket.rs`: the wait, read bursts, writes, the close), frames
 //!   to requests (`conn/frames.rs`), the ops one file per family under
@@ -44,6 +46,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 mod conn;
+mod demo;
 mod http;
 pub mod hub;
 pub mod jwks;

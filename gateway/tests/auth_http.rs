@@ -292,3 +292,21 @@ async fn server_api_publishes_and_reads_history() {
         assert!(e["code"].is_string(), "{text}");
     }
 }
+
+#[tokio::test]
+async fn the_demo_page_is_served_at_the_root_unless_turned_off() {
+    let node = TestNode::start(&[]).await;
+    let (status, page) = node.http("GET", "/", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("/demo/app.js"), "{page}");
+    let (status, script) = node.http("GET", "/demo/app.js", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(script.len() > 1000, "the bundled client and page");
+    assert_eq!(node.http("GET", "/demo/missing.js", &[], "").await.0, 404);
+    assert_eq!(node.http("POST", "/", &[], "").await.0, 404);
+
+    let off = TestNode::start(&["--demo", "false"]).await;
+    assert_eq!(off.http("GET", "/", &[], "").await.0, 404);
+    assert_eq!(off.http("GET", "/demo/app.js", &[], "").await.0, 404);
+    assert_eq!(off.http("GET", "/healthz", &[], "").await.0, 200);
+}
