@@ -9,6 +9,9 @@
 #   cc                        gcc libc6-dev              (the linker, and libmimalloc-sys's C build)
 #   promtool, prometheus      prometheus                 (the metrics test's promtool check, and
 #                                                         scripts/ops-check.sh: rules, a real Prometheus)
+#   node, npm                 nodejs npm                 (scripts/test-js.sh: the TypeScript client, the demo
+#                                                         page's build, the browser test; Node 18 or later)
+#   chromium                  chromium                   (the browser test, driven by playwright-core)
 #
 # Checks with `command -v` first: when everything is there it does nothing
 # (no apt-get update) and returns at once. Runs apt-get as root, or through
@@ -41,6 +44,8 @@ check() {
     # Debian's package also enables a prometheus service (on :9090, data in
     # /var/lib/prometheus); our checks run their own on a free port.
     want promtool prometheus -- prometheus
+    want node npm -- nodejs npm
+    want chromium -- chromium
 }
 check
 
