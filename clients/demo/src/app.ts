@@ -42,8 +42,6 @@ class Room {
   state: 'joining' | 'joined' | 'failed' = 'joining';
   error = '';
   readSent: MsgId | undefined;
-  /** The client's last seen id right after the newest history page was loaded. */
-  historySeen: MsgId | undefined;
   constructor(readonly name: string) {
     this.view = new RoomView(name);
   }
@@ -73,7 +71,6 @@ export class ChatApp {
   private typingSent = 0;
   private reconnectAt = 0;
   private closedWhy = '';
-  private guestRefused = 0;
   private dirty = false;
   /** The list is scrolled to its end: keep it there as messages arrive. */
   private stickToBottom = true;
@@ -261,34 +258,30 @@ export class ChatApp {
     );
     on(
       c.on('connected', ({ user }) => {
-        this.guestRefused = 0;
+        // A re-join resumes from the last room event seen; history pages do not
+        // count, so a room with none seen gets `gap` and is paged again there.
         for (const r of this.rooms.values()) {
           r.view.me = user;
-          // A re-join resumes from the last seen id. When that id came from a
-          // history page (nothing live since), events newer than the page's
-          // newest message but already folded into it are replayed, and
-          // reactions would count twice: read the page again after the join.
-          const resync = r.loaded && c.lastSeen(r.name) === r.historySeen;
-          if (r.state !== 'failed') this.afterJoin(r, resync);
+          if (r.state !== 'failed') this.afterJoin(r);
         }
         this.render();
       }),
     );
     on(c.on('state', () => this.render()));
     on(
-      c.on('disconnected', ({ code, delayMs }) => {
+      c.on('disconnected', ({ delayMs }) => {
         this.reconnectAt = Date.now() + (delayMs ?? 0);
         for (const r of this.rooms.values()) if (r.state === 'joined') r.state = 'joining';
-        if (code === 4001 && !this.id.token && ++this.guestRefused >= 2) {
-          this.client.close();
-          this.destroy();
-          this.onExit('This gateway does not accept guests: sign in with a token.');
-        }
         this.render();
       }),
     );
     on(
       c.on('closed', ({ cause, code, reason }) => {
+        if (cause === 'unauthorized' && !this.id.token) {
+          // A guest refused at `auth`: the client stopped at once (no retries).
+          this.destroy();
+          return this.onExit('This gateway does not accept guests: sign in with a token.');
+        }
         this.closedWhy =
           cause === 'revoked'
             ? 'disconnected by the server (token revoked or operator action)'
@@ -332,7 +325,7 @@ export class ChatApp {
   }
 
   /** After each (re-)join of `r` on a connection: presence, receipts, first history page. */
-  private afterJoin(r: Room, resync = false): void {
+  private afterJoin(r: Room): void {
     this.client.join(r.name).then(
       async (res) => {
         if (this.rooms.get(r.name) !== r) return;
@@ -344,7 +337,7 @@ export class ChatApp {
           this.client.presence(r.name).then((u) => (r.presence = new Set(u))),
           this.client.receipts(r.name).then((m) => (r.receipts = new Map(Object.entries(m)))),
         ];
-        if (!r.loaded || resync) tasks.push(this.loadLatest(r));
+        if (!r.loaded) tasks.push(this.loadLatest(r));
         await Promise.allSettled(tasks);
         this.render();
       },
@@ -361,7 +354,6 @@ export class ChatApp {
     try {
       const page = await this.client.history(r.name, { limit: PAGE });
       this.addPage(r, page);
-      r.historySeen = this.client.lastSeen(r.name);
       if (!r.loaded && page.length < PAGE) r.complete = true;
       r.loaded = true;
     } catch {

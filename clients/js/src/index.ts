@@ -13,10 +13,8 @@ export type {
   SendOptions,
   SendResult,
   StopCause,
-  Timers,
-  WebSocketConstructor,
-  WebSocketLike,
-} from './client.js';
+} from './api.js';
+export type { Timers, WebSocketConstructor, WebSocketLike } from './platform.js';
 export { RoomView } from './room-view.js';
 export { GatewayError, isServerCode } from './errors.js';
 export { Backoff } from './backoff.js';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Backoff } from '../src/index.js';
+import { Backoff, type GatewayError } from '../src/index.js';
 import { flush, setup, track } from './fake.js';
 
 type Disc = { code: number; willReconnect: boolean; delayMs?: number };
@@ -244,6 +244,40 @@ describe('auth', () => {
     const f = t.of<{ willRetry: boolean; error: { message: string } }>('authFailed')[0]!;
     assert.equal(f.willRetry, false);
     assert.equal(f.error.message, 'bad signature');
+  });
+
+  test('a guest refused at auth (unauthorized, then 4001) stops: authFailed without retry, closed unauthorized', async () => {
+    const t = setup();
+    const c = track(t.client.connect());
+    t.sock.open();
+    assert.deepEqual(t.sock.last('auth'), { op: 'auth', id: 1 });
+    t.sock.reply('auth', { code: 'unauthorized', message: 'no token given and anonymous access is off' }, 'error');
+    t.sock.serverClose(4001, 'unauthorized');
+    await flush();
+    const f = t.of<{ willRetry: boolean; error: GatewayError }>('authFailed');
+    assert.equal(f.length, 1);
+    assert.equal(f[0]!.willRetry, false);
+    assert.equal(f[0]!.error.code, 'unauthorized');
+    assert.equal(f[0]!.error.message, 'no token given and anonymous access is off');
+    assert.equal(t.client.state, 'closed');
+    assert.deepEqual(t.of('closed'), [{ cause: 'unauthorized', code: 4001, reason: 'unauthorized' }]);
+    assert.equal((c.error as GatewayError).code, 'closed');
+    t.timers.advance(10 * 60_000);
+    assert.equal(t.sockets.length, 1, 'no retry');
+  });
+
+  test('a guest whose auth timed out (4001 with no error reply) reconnects', () => {
+    const t = setup({ random: () => 0 });
+    void t.client.connect();
+    t.sock.open();
+    t.sock.serverClose(4001, 'authentication timeout');
+    assert.equal(t.of('authFailed').length, 0);
+    assert.equal(t.of('closed').length, 0);
+    assert.equal(t.of<Disc>('disconnected').pop()!.willReconnect, true);
+    t.timers.advance(0);
+    assert.equal(t.sockets.length, 2);
+    t.sock.auth('guest-2');
+    assert.equal(t.client.state, 'connected');
   });
 
   test('refresh is sent before expires_in runs out, on the same connection', async () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { GatewayError } from '../src/index.js';
+import { GatewayError, RoomView, compareIds, type HistoryMessage } from '../src/index.js';
 import { flush, setup, track } from './fake.js';
 
 // Ids past 2^53, where Number would lose precision.
@@ -79,19 +79,75 @@ describe('resume', () => {
     assert.deepEqual(t.of('gap'), [{ room: 'r1' }]);
   });
 
-  test('history raises the last seen id when newer, never lowers it', async () => {
+  test('history never moves the last seen id (only live and replayed room events do)', async () => {
     const t = await joined();
+    const page = (msg: string) => ({ room: 'r1', messages: [{ op: 'msg', room: 'r1', msg, from: 'u', ts: 0, body: 1 }] });
+    void t.client.history('r1');
+    t.sock.reply('history', page(B), 'history');
+    await flush();
+    assert.equal(t.client.lastSeen('r1'), undefined, 'a page does not set it');
     t.sock.receive({ op: 'msg', room: 'r1', msg: C, from: 'u2', ts: 1, body: 'c' });
     const older = track(t.client.history('r1', { before: C, limit: 2 }));
     assert.deepEqual(t.sock.last('history'), { op: 'history', room: 'r1', before: C, limit: 2, id: t.sock.last('history').id });
-    t.sock.reply('history', { room: 'r1', messages: [{ op: 'msg', room: 'r1', msg: A, from: 'u', ts: 0, body: 1 }] }, 'history');
+    t.sock.reply('history', page(A), 'history');
+    void t.client.history('r1');
+    t.sock.reply('history', page(E), 'history');
     await flush();
     assert.equal((older.value as unknown[]).length, 1);
-    assert.equal(t.client.lastSeen('r1'), C);
-    void t.client.history('r1');
-    t.sock.reply('history', { room: 'r1', messages: [{ op: 'msg', room: 'r1', msg: E, from: 'u', ts: 0, body: 1 }] }, 'history');
+    assert.equal(t.client.lastSeen('r1'), C, 'a newer page does not raise it');
+    reconnect(t);
+    assert.equal(t.sock.last('join').since, C);
+  });
+
+  test('reactions folded into a history page are not counted again after a re-join', async () => {
+    const t = await joined();
+    const view = new RoomView('r1', { me: 'u1' });
+    t.client.on('roomEvent', (e) => view.apply(e));
+    // The room holds message A with a reaction by u2 (event C), folded into the page.
+    const page = track(t.client.history('r1'));
+    const m = { op: 'msg', room: 'r1', msg: A, from: 'u2', ts: 1, body: 'a', reactions: { '👍': { count: 1, me: false } } };
+    t.sock.reply('history', { room: 'r1', messages: [m] }, 'history');
     await flush();
-    assert.equal(t.client.lastSeen('r1'), E);
+    view.addHistory(page.value as HistoryMessage[]);
+    reconnect(t);
+    // The server replays every room event after `since`: C is after A.
+    const since = t.sock.last('join').since as string | undefined;
+    if (since !== undefined && compareIds(since, C) < 0) {
+      t.sock.receive({ op: 'react', room: 'r1', msg: C, target: A, from: 'u2', ts: 3, key: '👍' });
+    }
+    t.sock.reply('join', { room: 'r1', recovered: true });
+    await flush();
+    assert.equal(view.get(A)!.reactions!['👍']!.count, 1);
+    assert.deepEqual(t.of('gap'), [{ room: 'r1' }], 'nothing to resume from: page history again');
+  });
+
+  test('join of a joined room while disconnected waits for the re-join and gives its result', async () => {
+    const t = setup({ random: () => 0 });
+    void t.client.connect();
+    t.sock.auth();
+    const first = track(t.client.join('r1'));
+    t.sock.reply('join', { room: 'r1', recovered: true, read: A });
+    await flush();
+    assert.deepEqual(first.value, { recovered: true, read: A });
+    t.sock.receive({ op: 'msg', room: 'r1', msg: B, from: 'u2', ts: 1, body: 'b' });
+    t.sock.serverClose(1006);
+    const again = track(t.client.join('r1'));
+    await flush();
+    assert.equal(again.settled, false, 'not joined on any connection now');
+    t.timers.advance(0);
+    t.sock.auth();
+    const again2 = track(t.client.join('r1'));
+    await flush();
+    assert.equal(again.settled || again2.settled, false, 'the re-join is not answered yet');
+    assert.equal(t.sock.ops('join').length, 1, 'one re-join');
+    t.sock.reply('join', { room: 'r1', recovered: false, read: B });
+    await flush();
+    assert.deepEqual(again.value, { recovered: false, read: B });
+    assert.deepEqual(again2.value, { recovered: false, read: B });
+    const ready = track(t.client.join('r1'));
+    await flush();
+    assert.deepEqual(ready.value, { recovered: false, read: B }, 'joined on this connection: at once');
+    assert.equal(t.sock.ops('join').length, 1);
   });
 
   test('join while disconnected resolves once joined; explicit since is sent', async () => {
