@@ -1,6 +1,6 @@
 //! Group commit for the shard streams: each stream has one task that
-//! takes whatever batches queued while its previous call was in flight
-//! and appends them in one append-script call.
+//! takes whatever batches queued while its calls were in flight (up to
+//! `IN_FLIGHT` of them) and appends them in one append-script call.
 //!
 //! Why: a script call's fixed cost in Redis (finding the script, the Lua
 //! call, wrapping its effects for the AOF and replicas, and with
@@ -17,7 +17,9 @@
 //! node's appends to a stream keep their order (as the pipelined `XADD`s
 //! did before). One exception: after a `NOSCRIPT` (the script cache
 //! flushed, or a failover to a replica without the script) the failed call
-//! is sent again, after a later call that found the script reloaded.
+//! is sent again once the script is loaded; a later call of the same
+//! stream that reached Redis just after another node reloaded it has
+//! then gone first.
 
 use std::sync::{Arc, Weak};
 
@@ -39,8 +41,8 @@ const MAX_ENTRIES: usize = 256;
 const MAX_BYTES: usize = 1 << 20;
 
 /// The flushing task of stream `key`, on the publisher's connection
-/// `conn`; it ends when the publisher is gone
-/// (its queues' senders with it).
+/// `conn`; it ends when the publisher is gone (its queues' senders with
+/// it).
 pub(super) async fn flush(
     publisher: Weak<Publisher>,
     conn: usize,
