@@ -328,6 +328,10 @@ test('demo page: two users chat across a node kill; nothing lost, nothing double
   const edited = 'Ready: two nodes up, both on the same Redis.';
   await message(bob, b1).hover();
   await message(bob, b1).getByTestId('action-edit').click();
+  // The edit box takes the focus, so typing goes to it at once.
+  await bob.waitForFunction(() => document.activeElement?.getAttribute('data-testid') === 'edit-input', null, {
+    timeout: 5000,
+  });
   await bob.getByTestId('edit-input').fill(edited);
   await bob.getByTestId('edit-input').press('Enter');
   sent[sent.indexOf('Almost: two nodes up, both on the same Redis.')] = edited;
