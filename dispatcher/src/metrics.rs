@@ -148,12 +148,12 @@ pub fn describe() {
     describe_histogram!(
         "gateway_bus_publish_duration_seconds",
         Unit::Seconds,
-        "Time of one publish round trip: one append-script call to a Redis stream (every batch queued for it); one sequencer batch (ids, commit, delivery) in process, in seconds."
+        "Time of one publish round trip: an XADD or a pipeline of them on Redis; one sequencer batch (ids, commit, delivery) in process, in seconds."
     );
     describe_histogram!(
         "gateway_bus_batch_messages",
         Unit::Count,
-        "Messages in one batch: of the in-process bus's sequencer, or of one append-script call to a Redis stream."
+        "Messages in one batch of the in-process bus's sequencer."
     );
     describe_histogram!(
         "gateway_bus_batch_duration_seconds",

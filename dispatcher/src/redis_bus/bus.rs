@@ -76,7 +76,7 @@ struct Shared {
     layout: StreamLayout,
     pool: Pool,
     lease: NodeLease,
-    publisher: Arc<Publisher>,
+    publisher: Publisher,
     trimmer: Trimmer,
     trim_every: Duration,
     ready: AtomicBool,
@@ -111,15 +111,13 @@ impl RedisBus {
             .ok_or_else(|| BusError::Unavailable(format!("redis: {name} is not 32 hex digits")))?;
         // With a store, the trimmer cuts streams only below what the
         // persister has stored; without one, appends trim by count.
-        let publisher = Arc::new(
-            Publisher::connect(
-                cfg.target.clone(),
-                store.is_none().then_some(cfg.maxlen),
-                cfg.dedupe_window,
-                cfg.feed,
-            )
-            .await?,
-        );
+        let publisher = Publisher::connect(
+            cfg.target.clone(),
+            store.is_none().then_some(cfg.maxlen),
+            cfg.dedupe_window,
+            cfg.feed,
+        )
+        .await?;
         let closed = CancellationToken::new();
         let tasks = TaskTracker::new();
         let node_id = lease.node_id.clone();

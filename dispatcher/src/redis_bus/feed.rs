@@ -2,11 +2,12 @@
 //!
 //! Stored room events are copied to the feed inside the scripts that
 //! append them (`publish`'s append script and `changes`' judge, both with
-//! [`FEED_FN`]). Connection events go through [`FeedWriter`]: a channel and one task that writes
-//! whatever has queued since its last write in one pipeline per feed
-//! stream, so a connection storm costs a few round trips, not one per
-//! event. If Redis is away the events wait (up to [`MAX_QUEUED`], the
-//! oldest dropped beyond, counted) and are written when it returns.
+//! [`FEED_FN`]). Connection events go through [`FeedWriter`]: a channel
+//! and one task that writes whatever has queued since its last write in
+//! one pipeline per feed stream, so a connection storm costs a few round
+//! trips, not one per event. If Redis is away the events wait (up to
+//! [`MAX_QUEUED`], the oldest dropped beyond, counted) and are written
+//! when it returns.
 //!
 //! A node killed without draining writes no disconnect for its
 //! connections. So each node keeps, beside the feed, the connections it

@@ -10,9 +10,7 @@
 //! Where each concern lives:
 //! - [`conn`]: connections, the same on one server and on a Redis Cluster.
 //! - [`streams`]: key layout, which stream a room is in, the entry codec.
-//! - `publish`: appends (one script: nonces, the feed copy) on one shared
-//!   multiplexed connection; `queue`: one call per stream for whatever
-//!   queued while its previous call was in flight (group commit).
+//! - `publish`: `XADD`s on one shared multiplexed connection.
 //! - `readers`: one reading task per stream this node has members in.
 //! - `window`: history and replay from the stream window, merged with the
 //!   CQL store when there is one (the persister fills it; without one the
@@ -41,7 +39,6 @@ mod feed;
 mod lease;
 mod presence;
 mod publish;
-mod queue;
 mod readers;
 mod reads;
 pub mod streams;

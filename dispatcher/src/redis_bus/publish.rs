@@ -1,26 +1,14 @@
-//! Appending to the shard streams: one append script (nonces, the feed
-//! copy) on one shared multiplexed connection, called once for whatever
-//! batches queued for a stream while its previous call was in flight
-//! (`queue`). The id Redis gives an entry is the message id (strictly
-//! increasing per stream, so every node sees one order).
+//! Appending to the shard streams: `XADD` on one shared multiplexed
+//! connection, so concurrent publishes pipeline on it, and one pipeline per
+//! stream for a sender's batch. The id Redis gives an entry is the message
+//! id (strictly increasing per stream, so every node sees one order).
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::{mpsc, oneshot};
 
 use super::conn::redis_error;
 use super::conn::{Conn, Target};
 use super::streams::parse_entry_id;
 use crate::BusError;
-
-/// Connections the appends spread over, by stream. Redis reads at most
-/// 16 KB of one client's commands per event-loop round, and with
-/// `appendfsync always` every round waits for an fsync: one connection
-/// caps the appends at 16 KB a round (measured: about 80,000 messages a
-/// second on this machine's disk, whatever the CPU).
-const CONNECTIONS: usize = 4;
 
 pub(crate) struct Publisher {
     target: Target,
@@ -31,18 +19,15 @@ pub(crate) struct Publisher {
     dedupe_window: Duration,
     /// (1.1) Entries each feed stream keeps, when the feed is on.
     pub(crate) feed: Option<usize>,
-    /// [`CONNECTIONS`] connections, each stream's calls on one of them.
-    conns: Vec<tokio::sync::Mutex<Option<Conn>>>,
-    /// Each stream's queue of batches waiting for its next script call.
-    queues: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<Batch>>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
 /// The append script, run with `EVALSHA` (its text is loaded once per
 /// connection: sent with every append, its 1.5 KB would fill Redis's 16 KB
 /// reads with ten commands each, and with `appendfsync always` every read
-/// costs an fsync). One call appends every batch queued for a shard stream,
-/// in order (the per-call cost of a script is paid once a call), and for
-/// each entry:
+/// costs an fsync). One call appends a sender's whole batch to its shard
+/// stream, in order (the per-call cost of a script is paid once a batch),
+/// and for each entry:
 /// - with a nonce key (the next of KEYS[3..], same hash slot as the
 ///   stream), appends it once: if the key names an entry already, that
 ///   entry's id; else the new id, remembered under the key for the window.
@@ -126,18 +111,12 @@ impl Publisher {
             maxlen,
             dedupe_window,
             feed,
-            conns: std::iter::once(Some(conn))
-                .chain(std::iter::repeat_with(|| None))
-                .take(CONNECTIONS)
-                .map(tokio::sync::Mutex::new)
-                .collect(),
-            queues: std::sync::Mutex::new(HashMap::new()),
+            conn: tokio::sync::Mutex::new(Some(conn)),
         })
     }
 
-    /// Connection `i` (connected again after a failure, lazily).
-    async fn conn(&self, i: usize) -> Result<Conn, BusError> {
-        let mut slot = self.conns[i % CONNECTIONS].lock().await;
+    async fn conn(&self) -> Result<Conn, BusError> {
+        let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -149,156 +128,106 @@ impl Publisher {
 
     /// After a failed command: reconnect on the next publish when the
     /// multiplexed connection may be dead.
-    async fn failed(&self, i: usize, e: &redis::RedisError) {
+    async fn failed(&self, e: &redis::RedisError) {
         if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-            *self.conns[i % CONNECTIONS].lock().await = None;
+            *self.conn.lock().await = None;
         }
+    }
+
+    fn xadd(&self, key: &str, fields: &[(&str, &str)]) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key);
+        if let Some(maxlen) = self.maxlen {
+            cmd.arg("MAXLEN").arg("~").arg(maxlen);
+        }
+        cmd.arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd
     }
 
     /// Appends one entry; its id.
-    pub(crate) async fn add(self: &Arc<Self>, key: &str, fields: &[(&str, &str)]) -> Result<u64, BusError> {
-        let entry = Append {
-            fields,
-            nonce_key: None,
-            feed: None,
-        };
-        let ids = self.add_all(key, std::slice::from_ref(&entry)).await?;
-        Ok(ids[0].0)
-    }
-
-    /// Appends entries to one stream, in order; each one's id and whether
-    /// it was a repeated nonce (then the first one's id, and nothing
-    /// appended). The entries wait in the stream's queue while its
-    /// previous call is in flight, and go with whatever else queued there
-    /// in one script call ([`super::queue`]).
-    pub(crate) async fn add_all(
-        self: &Arc<Self>,
-        key: &str,
-        entries: &[Append<'_>],
-    ) -> Result<Vec<(u64, bool)>, BusError> {
-        let (batch, reply) = Batch::encode(entries);
-        self.queue(key).send(batch).map_err(|_| BusError::Closed)?;
-        match reply.await {
-            Ok(Ok(ids)) => Ok(ids),
-            Ok(Err(e)) => Err(BusError::Unavailable(e)),
-            Err(_) => Err(BusError::Closed),
-        }
-    }
-
-    /// The queue of `key`'s stream, its flushing task started on first use.
-    fn queue(self: &Arc<Self>, key: &str) -> mpsc::UnboundedSender<Batch> {
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = queues.get(key) {
-            return tx.clone();
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let conn = queues.len() % CONNECTIONS;
-        tokio::spawn(super::queue::flush(Arc::downgrade(self), conn, key.to_owned(), rx));
-        queues.insert(key.to_owned(), tx.clone());
-        tx
-    }
-
-    /// One append script call for `batches` (all for stream `key`, in
-    /// queue order) on connection `conn`: each batch's ids, in order.
-    pub(super) async fn append(&self, conn: usize, key: &str, batches: &[Batch]) -> Result<Vec<(u64, bool)>, String> {
-        let feed_key = batches.iter().find_map(|b| b.feed_key.as_deref());
-        let nonces = batches.iter().map(|b| b.nonce_keys.len()).sum::<usize>();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(append_script().get_hash())
-            .arg(2 + nonces)
-            .arg(key)
-            .arg(feed_key.unwrap_or(key));
-        for b in batches {
-            cmd.arg(&b.nonce_keys);
-        }
-        cmd.arg(self.dedupe_window.as_millis() as u64)
-            .arg(self.maxlen.unwrap_or(0))
-            .arg(self.feed.unwrap_or(0));
-        for b in batches {
-            for arg in b.args.args_iter() {
-                if let redis::Arg::Simple(a) = arg {
-                    cmd.arg(a);
-                }
+    pub(crate) async fn add(&self, key: &str, fields: &[(&str, &str)]) -> Result<u64, BusError> {
+        let cmd = self.xadd(key, fields);
+        let mut conn = self.conn().await?;
+        let started = Instant::now();
+        let reply = cmd.query_async::<String>(&mut conn).await;
+        crate::metrics::get()
+            .publish_seconds
+            .record(started.elapsed().as_secs_f64());
+        match reply {
+            Ok(id) => parse_id(&id),
+            Err(e) => {
+                self.failed(&e).await;
+                Err(redis_error("XADD", e))
             }
         }
-        let entries = batches.iter().map(|b| b.len).sum::<usize>();
-        let i = conn;
-        let mut conn = self.conn(i).await.map_err(|e| e.to_string())?;
+    }
+
+    /// The append script for a batch (see [`append_script`]).
+    fn append(&self, key: &str, entries: &[Append<'_>]) -> redis::Cmd {
+        let feed_key = entries.iter().find_map(|e| e.feed.as_deref());
+        let nonces: Vec<&str> = entries.iter().filter_map(|e| e.nonce_key.as_deref()).collect();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(append_script().get_hash())
+            .arg(2 + nonces.len())
+            .arg(key)
+            .arg(feed_key.unwrap_or(key))
+            .arg(&nonces)
+            .arg(self.dedupe_window.as_millis() as u64)
+            .arg(self.maxlen.unwrap_or(0))
+            .arg(self.feed.unwrap_or(0));
+        for e in entries {
+            cmd.arg(if e.nonce_key.is_some() { "1" } else { "0" })
+                .arg(e.fields.len() * 2);
+            for (k, v) in e.fields {
+                cmd.arg(*k).arg(*v);
+            }
+            cmd.arg(if e.feed.is_some() { "1" } else { "0" });
+        }
+        cmd
+    }
+
+    /// Appends entries to one stream in one pipeline, in order; each one's
+    /// id and whether it was a repeated nonce (then the first one's id, and
+    /// nothing appended).
+    pub(crate) async fn add_all(&self, key: &str, entries: &[Append<'_>]) -> Result<Vec<(u64, bool)>, BusError> {
+        // Plain XADDs, or one script for the batch: after a NOSCRIPT (the
+        // script cache flushed, a failover) it did not run, and is sent
+        // again once the script is loaded.
+        let scripted = entries.iter().any(|e| e.nonce_key.is_some() || e.feed.is_some());
+        let mut pipe = redis::pipe();
+        if scripted {
+            pipe.add_command(self.append(key, entries));
+        } else {
+            for e in entries {
+                pipe.add_command(self.xadd(key, e.fields));
+            }
+        }
+        let mut conn = self.conn().await?;
         let started = Instant::now();
-        let mut reply = cmd.query_async::<redis::Value>(&mut conn).await;
-        if reply.as_ref().is_err_and(is_noscript) {
-            // The script cache was flushed (or a failover): the call did
-            // not run; load the script and send it again.
-            load_script(&mut conn).await.map_err(|e| e.to_string())?;
-            reply = cmd.query_async::<redis::Value>(&mut conn).await;
+        let mut reply = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+        if scripted && reply.as_ref().is_err_and(is_noscript) {
+            load_script(&mut conn).await?;
+            reply = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
         }
         crate::metrics::get()
             .publish_seconds
             .record(started.elapsed().as_secs_f64());
         match reply {
-            Ok(redis::Value::Array(pairs)) if pairs.len() == entries * 2 => pairs
-                .chunks(2)
-                .map(appended)
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string()),
-            Ok(other) => Err(format!("redis append script: unexpected reply {other:?}")),
+            Ok(replies) if scripted => match replies.as_slice() {
+                [redis::Value::Array(pairs)] if pairs.len() == entries.len() * 2 => {
+                    pairs.chunks(2).map(appended).collect()
+                }
+                other => Err(redis_error("append script", format!("unexpected reply {other:?}"))),
+            },
+            Ok(replies) => replies.iter().map(|v| appended(std::slice::from_ref(v))).collect(),
             Err(e) => {
-                self.failed(i, &e).await;
-                Err(redis_error("append script", e).to_string())
+                self.failed(&e).await;
+                Err(redis_error("XADD pipeline", e))
             }
         }
-    }
-}
-
-/// One sender's entries, encoded as the append script's per-entry ARGV.
-pub(super) struct Batch {
-    pub(super) args: redis::Cmd,
-    pub(super) nonce_keys: Vec<String>,
-    pub(super) feed_key: Option<String>,
-    /// Entries.
-    pub(super) len: usize,
-    pub(super) reply: oneshot::Sender<Result<Vec<(u64, bool)>, String>>,
-}
-
-type Reply = oneshot::Receiver<Result<Vec<(u64, bool)>, String>>;
-
-impl Batch {
-    fn encode(entries: &[Append<'_>]) -> (Batch, Reply) {
-        let mut args = redis::Cmd::new();
-        let mut nonce_keys = Vec::new();
-        let mut feed_key = None;
-        for e in entries {
-            args.arg(if e.nonce_key.is_some() { "1" } else { "0" })
-                .arg(e.fields.len() * 2);
-            for (k, v) in e.fields {
-                args.arg(*k).arg(*v);
-            }
-            args.arg(if e.feed.is_some() { "1" } else { "0" });
-            nonce_keys.extend(e.nonce_key.clone());
-            if feed_key.is_none() {
-                feed_key = e.feed.clone();
-            }
-        }
-        let (tx, rx) = oneshot::channel();
-        let batch = Batch {
-            args,
-            nonce_keys,
-            feed_key,
-            len: entries.len(),
-            reply: tx,
-        };
-        (batch, rx)
-    }
-
-    /// Bytes of ARGV it adds to a call.
-    pub(super) fn bytes(&self) -> usize {
-        self.args
-            .args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(a) => a.len(),
-                _ => 0,
-            })
-            .sum()
     }
 }
 
@@ -327,7 +256,7 @@ impl Publisher {
         cmd: redis::Cmd,
         what: &'static str,
     ) -> Result<redis::Value, BusError> {
-        let mut conn = self.conn(0).await?;
+        let mut conn = self.conn().await?;
         let mut reply = cmd.query_async::<redis::Value>(&mut conn).await;
         if reply.as_ref().is_err_and(is_noscript) {
             script
@@ -340,7 +269,7 @@ impl Publisher {
         match reply {
             Ok(v) => Ok(v),
             Err(e) => {
-                self.failed(0, &e).await;
+                self.failed(&e).await;
                 Err(redis_error(what, e))
             }
         }
