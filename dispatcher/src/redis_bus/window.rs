@@ -84,9 +84,16 @@ pub(crate) struct Window {
 impl Window {
     /// The stored messages after `since`, if there are at most `limit`.
     pub(crate) async fn replay(&self, room: &str, since: u64, limit: usize) -> Result<Replay, BusError> {
+        // The window first, then whether it still reaches back to `since`,
+        // then the store: the trimmer only cuts what the persister stored,
+        // so whatever left the window before it was read is in the store
+        // when that is read after it. (The other way round, entries stored
+        // and trimmed between the two reads were in neither: a gap.)
+        let window = self.scan_forward(room, since, limit, true).await?;
         let covered = self.info(room).await?.is_none_or(|i| i.covers(since));
         let mut messages = match (&self.store, covered) {
-            (_, true) => self.scan_forward(room, since, limit, true).await?,
+            // Nothing after `since` was trimmed before the window was read.
+            (_, true) => window,
             // Entries after `since` were trimmed and there is no store: the
             // window cannot close the gap.
             (None, false) => {
@@ -99,7 +106,6 @@ impl Window {
             // the window: together they close the gap.
             (Some(store), false) => {
                 let stored = store.entries_after(room, since, limit + 1).await?;
-                let window = self.scan_forward(room, since, limit, true).await?;
                 merge(stored, window, limit + 1, false)
             }
         };
