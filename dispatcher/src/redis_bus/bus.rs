@@ -328,7 +328,7 @@ impl Bus for RedisBus {
                     .map(|((f, nonce_key), &i)| Append {
                         fields: &f[..],
                         nonce_key,
-                        feed: feed_key.clone().filter(|_| !msgs[i].ephemeral),
+                        feed: feed_key.as_deref().filter(|_| !msgs[i].ephemeral),
                     })
                     .collect();
                 self.shared.publisher.add_all(key, &entries).await

@@ -94,7 +94,7 @@ return out
 pub(crate) struct Append<'a> {
     pub(crate) fields: &'a [(&'a str, &'a str)],
     pub(crate) nonce_key: Option<String>,
-    pub(crate) feed: Option<String>,
+    pub(crate) feed: Option<&'a str>,
 }
 
 impl Publisher {
@@ -167,7 +167,7 @@ impl Publisher {
 
     /// The append script for a batch (see [`append_script`]).
     fn append(&self, key: &str, entries: &[Append<'_>]) -> redis::Cmd {
-        let feed_key = entries.iter().find_map(|e| e.feed.as_deref());
+        let feed_key = entries.iter().find_map(|e| e.feed);
         let nonces: Vec<&str> = entries.iter().filter_map(|e| e.nonce_key.as_deref()).collect();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(append_script().get_hash())
