@@ -6,9 +6,10 @@
 #
 #   bash benches/feed.sh [rounds=3] [seconds=8]
 #
-# The feed is written with no consumer reading it (its streams fill to
-# GATEWAY_FEED_MAXLEN and are trimmed as they append), which is its cost
-# to the gateway and Redis. Load goes to loopback only.
+# The feed is written with no consumer reading it (the shard streams are
+# the feed streams, and fill to GATEWAY_FEED_MAXLEN and are trimmed as they
+# append), which is its cost to the gateway and Redis. Load goes to
+# loopback only.
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-8}

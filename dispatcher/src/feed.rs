@@ -2,17 +2,18 @@
 //! Redis streams a backend reads with its own consumer groups
 //! (docs/FEED.md has the entry format).
 //!
-//! - Stored room events (message, edit, delete, react, unreact) are
-//!   copied to the feed by the same script that appends them to their
-//!   shard stream (`redis_bus::publish`, `redis_bus::changes`): one round
-//!   trip, and a message is in the feed exactly when it is in the stream,
-//!   in the room's order.
+//! - With the feed on, the shard streams are the feed streams
+//!   (`StreamLayout::with_feed`): stored room events (message, edit,
+//!   delete, react, unreact) are in the feed as they are appended, written
+//!   once, in the room's order.
 //! - Connection events ([`FeedEvent`]: connect, disconnect, join, leave)
 //!   are batched by each node (`redis_bus::feed`): whatever came while the
 //!   previous batch was being written goes in the next pipeline.
 //! - [`consumer`]: reading the feed with a consumer group, taking over what
-//!   a dead consumer left pending (`XAUTOCLAIM`), as the persister does;
-//!   the `feed-consumer` example binary is a thin wrapper over it.
+//!   a dead consumer left pending (`XAUTOCLAIM`), as the persister does,
+//!   and turning the streams' entries into the feed's form (leaving out
+//!   what the nodes exchange beside it: typing, presence, ...); the
+//!   `feed-consumer` example binary is a thin wrapper over it.
 
 pub mod consumer;
 

@@ -187,6 +187,9 @@ pub enum BusError {
     Unsupported(&'static str),
     #[error("the bus is shutting down")]
     Closed,
+    /// (1.1) This node's settings disagree with the cluster's (in Redis).
+    #[error("settings disagree with the cluster: {0}")]
+    Config(String),
 }
 
 impl From<storage::StorageError> for BusError {

@@ -138,6 +138,22 @@ fn main() -> ExitCode {
                 on_signal.cancel();
             }
         });
+        // (1.1) The streams it reads are the ones the nodes write.
+        let agreed = match persister.target.connect(std::time::Duration::from_secs(5)).await {
+            Ok(mut conn) => dispatcher::redis_bus::cluster_keys::agree_stream_keys(&mut conn, &cluster.streams).await,
+            Err(e) => Err(e),
+        };
+        match agreed {
+            Ok(()) => {}
+            Err(e @ dispatcher::BusError::Config(_)) => {
+                tracing::error!(error = %e, "cannot persist");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach Redis");
+                return ExitCode::FAILURE;
+            }
+        }
         tracing::info!(%consumer, streams = cluster.streams.count(), "persister running");
         dispatcher::persister::run(persister, store, stop).await;
         tracing::info!("persister stopped");

@@ -137,15 +137,18 @@ pub struct ClusterArgs {
     pub dedupe_window: Duration,
 
     /// (1.1) The event feed for backends: connect, disconnect, join, leave
-    /// and every stored room event appended to `<prefix>:feed:{sN}`
-    /// (docs/FEED.md). Needs Redis.
+    /// and every stored room event in `<prefix>:feed:{sN}` (docs/FEED.md):
+    /// the shard streams take those names and carry the connection events
+    /// too. Every node and persister must agree. Needs Redis.
     #[arg(long, env = "GATEWAY_FEED", default_value_t = false, num_args = 0..=1, default_missing_value = "true",
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub feed: bool,
 
-    /// (1.1) Approximate entries each feed stream keeps: how far behind a
-    /// backend's consumer group may fall before entries it has not read
-    /// are trimmed.
+    /// (1.1) With the feed on, the shard (feed) streams keep at least
+    /// about this many entries (the larger of this and `stream_maxlen`;
+    /// `stream_max_age` and `stream_max_bytes` still bound them): how far
+    /// behind a backend's consumer group may fall before entries it has not
+    /// read are trimmed.
     #[arg(long, env = "GATEWAY_FEED_MAXLEN", default_value_t = 100_000)]
     pub feed_maxlen: usize,
 
@@ -293,7 +296,7 @@ impl ClusterArgs {
         Ok(Cluster {
             args: self.clone(),
             redis,
-            streams: StreamLayout::new(c.redis_prefix.clone(), c.stream_shards),
+            streams: StreamLayout::new(c.redis_prefix.clone(), c.stream_shards).with_feed(c.feed),
             scylla,
         })
     }
@@ -305,7 +308,12 @@ impl Cluster {
         Some(RedisBusConfig {
             target: self.redis.clone()?,
             streams: self.streams.clone(),
-            maxlen: self.args.stream_maxlen,
+            // (1.1) The feed is the shard streams: they keep what it must.
+            maxlen: if self.args.feed {
+                self.args.stream_maxlen.max(self.args.feed_maxlen)
+            } else {
+                self.args.stream_maxlen
+            },
             max_age: self.args.stream_max_age,
             max_bytes: self.args.stream_max_bytes,
             node_id,
@@ -314,7 +322,6 @@ impl Cluster {
             trim_every: self.args.stream_trim_interval,
             node_ttl: self.args.presence_ttl,
             dedupe_window: self.args.dedupe_window,
-            feed: self.args.feed.then_some(self.args.feed_maxlen),
         })
     }
 

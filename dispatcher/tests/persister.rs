@@ -76,7 +76,6 @@ async fn a_killed_persister_is_taken_over_without_loss_or_duplicates() {
         trim_every: Duration::from_secs(3600),
         node_ttl: Duration::from_secs(5),
         dedupe_window: Duration::from_secs(600),
-        feed: None,
     };
     let store = Arc::new(
         CqlStore::connect(&CqlConfig {

@@ -67,6 +67,10 @@ fn main() -> ExitCode {
         tokio::spawn(signals(shutdown.clone()));
         match gateway::run(listener, settings, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e @ gateway::GatewayError::Bus(dispatcher::BusError::Config(_))) => {
+                tracing::error!(error = %e, "gateway cannot join the cluster");
+                ExitCode::from(EXIT_CONFIG)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "gateway failed");
                 ExitCode::FAILURE

@@ -184,6 +184,11 @@ async fn a_consumer_group_sees_every_event_once_in_room_order_across_kills() {
         let id = u1.send_msg("r2", json!({"k": i})).await;
         expect(format!("message u1 r2 {id}"));
     }
+    // What the shard streams carry beside the feed is not in it: an
+    // ephemeral message, typing, a read marker.
+    ok(&mut u1, json!({"op":"send","room":"r1","body":"gone","ephemeral":true})).await;
+    u1.send(json!({"op":"typing","room":"r1"})).await;
+    ok(&mut u2, json!({"op":"read","room":"r1","msg":mine[9].to_string()})).await;
     let target = mine[3].to_string();
     let r = ok(&mut u2, json!({"op":"react","room":"r1","msg":target,"key":"+1"})).await;
     expect(format!("react u2 r1 {}", r["msg"].as_str().unwrap()));
@@ -251,6 +256,20 @@ async fn a_consumer_group_sees_every_event_once_in_room_order_across_kills() {
     );
     let a_seen = a.seen.lock().unwrap().len();
     assert!(a_seen > 0, "consumer a read before it was killed");
+    // A message's entry as docs/FEED.md gives it.
+    let first_id = mine[0].to_string();
+    let first = seen
+        .iter()
+        .find(|v| v["m"] == first_id.as_str())
+        .expect("the first message");
+    assert_eq!(first["k"], "message");
+    assert_eq!(first["b"], r#"{"i":0}"#);
+    assert_eq!(first["ts"], (mine[0] >> 22).to_string());
+    let react = seen.iter().find(|v| v["k"] == "react").expect("the reaction");
+    assert_eq!(
+        (&react["t"], &react["y"], &react["n"]),
+        (&json!(target), &json!("+1"), &json!("1"))
+    );
 
     // Room order: per room, its stored events' ids ascend in feed order.
     let mut entries: Vec<&Value> = by_entry
@@ -277,5 +296,32 @@ async fn a_consumer_group_sees_every_event_once_in_room_order_across_kills() {
         let prev = last_in_room.insert(room.clone(), m).unwrap_or(0);
         assert!(m > prev, "{room}: {m} after {prev} in the feed");
     }
+
+    // A node with the feed off would write streams nobody with it on
+    // reads: it refuses to start (exit 64), naming the setting.
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &redis.url(),
+            "--stream-shards",
+            SHARDS,
+        ])
+        .args([
+            "--jwt-secret",
+            SECRET,
+            "--scylla-nodes",
+            &cql_nodes().join(","),
+            "--scylla-keyspace",
+            &ks,
+        ])
+        .args(["--data-dir", d2.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    // The error is logged (to stdout, as all logs are).
+    let err = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("GATEWAY_FEED"), "{err}");
     drop(n1);
 }

@@ -1,5 +1,5 @@
 //! Reading the event feed with a consumer group, at least once: one task
-//! per feed stream ([`crate::groups`]), each batch handed to a
+//! per feed stream (the shard streams, with the feed on) ([`crate::groups`]), each batch handed to a
 //! [`FeedHandler`] and acknowledged only after it returns `Ok`; entries a
 //! stopped consumer left pending are taken over (`XAUTOCLAIM`) by another
 //! after `claim_idle`. A backend runs as many consumers in one group as it
@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::BusError;
 use crate::groups::GroupReader;
 use crate::redis_bus::conn::Target;
-use crate::redis_bus::streams::StreamLayout;
+use crate::redis_bus::streams::{StreamLayout, parse_entry_id};
 
 /// One feed entry: which stream, its id, its fields (docs/FEED.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,17 +28,47 @@ pub struct FeedEntry {
 }
 
 impl FeedEntry {
-    fn from_stream(stream: u32, e: &StreamId) -> FeedEntry {
-        let fields = e
-            .map
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value::<String>(v.clone()).ok()?)))
-            .collect();
-        FeedEntry {
+    /// The feed entry a stream entry is, in docs/FEED.md's form; `None`
+    /// for what the shard streams carry beside the feed (ephemeral
+    /// messages, typing, read markers, presence) and entries this version
+    /// does not know.
+    ///
+    /// Room events are stored in the streams' own codec (`k` `m` or `c`,
+    /// the user as `f`, the change's op as `x`, and no `m` or `ts`: they
+    /// are the entry id's); connection events as they are in the feed.
+    pub fn from_stream(stream: u32, e: &StreamId) -> Option<FeedEntry> {
+        let text = |name: &str| {
+            e.map
+                .get(name)
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+        };
+        let mut fields = BTreeMap::new();
+        match text("k")?.as_str() {
+            "connect" | "disconnect" | "join" | "leave" => {
+                for (k, v) in &e.map {
+                    fields.insert(k.clone(), redis::from_redis_value::<String>(v.clone()).ok()?);
+                }
+            }
+            kind @ ("m" | "c") => {
+                let id = parse_entry_id(&e.id)?;
+                let k = if kind == "m" { "message".to_string() } else { text("x")? };
+                fields.insert("k".into(), k);
+                fields.insert("m".into(), id.to_string());
+                fields.insert("ts".into(), protocol::id::millis(id).to_string());
+                fields.insert("u".into(), text("f")?);
+                for name in ["r", "b", "p", "t", "y", "n"] {
+                    if let Some(v) = text(name) {
+                        fields.insert(name.into(), v);
+                    }
+                }
+            }
+            _ => return None,
+        }
+        Some(FeedEntry {
             stream,
             id: e.id.clone(),
             fields,
-        }
+        })
     }
 
     pub fn get(&self, field: &str) -> Option<&str> {
@@ -88,9 +118,16 @@ pub async fn run(cfg: ConsumerConfig, handler: Arc<dyn FeedHandler>, shutdown: C
                 .run(
                     &shutdown,
                     |entries: Vec<StreamId>| {
-                        let entries: Vec<FeedEntry> =
-                            entries.iter().map(|e| FeedEntry::from_stream(stream, e)).collect();
-                        let r = handler.handle(&entries);
+                        // What is not the feed's is acknowledged unseen.
+                        let entries: Vec<FeedEntry> = entries
+                            .iter()
+                            .filter_map(|e| FeedEntry::from_stream(stream, e))
+                            .collect();
+                        let r = if entries.is_empty() {
+                            Ok(())
+                        } else {
+                            handler.handle(&entries)
+                        };
                         Box::pin(async move { r })
                     },
                     || {},

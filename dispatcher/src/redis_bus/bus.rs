@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::changes::Changes;
+use super::cluster_keys::{agree_stream_keys, load_hash_key};
 use super::conn::{Pool, Target, redis_error};
 use super::control::{ControlChannel, read_control};
 use super::feed::FeedWriter;
@@ -20,7 +21,7 @@ use super::presence::Presence;
 use super::publish::{Append, Publisher};
 use super::readers::{ReaderContext, Readers};
 use super::reads::Reads;
-use super::streams::{StreamLayout, event_fields, load_hash_key, message_fields, origin};
+use super::streams::{StreamLayout, event_fields, message_fields, origin};
 use super::trim::Trimmer;
 use super::users::UserCounts;
 use super::window::Window;
@@ -33,9 +34,12 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct RedisBusConfig {
     pub target: Target,
-    /// Key prefix and stream count; every node of a cluster must agree.
+    /// Key prefix, stream count, and (1.1) whether the event feed is on
+    /// (its connection events are written, and the shard streams are the
+    /// feed streams); every node of a cluster must agree.
     pub streams: StreamLayout,
-    /// Approximate entries kept per shard stream.
+    /// Approximate entries kept per shard stream (with the feed on, at
+    /// least its `GATEWAY_FEED_MAXLEN`).
     pub maxlen: usize,
     /// Entries older than this are trimmed (0: by count only).
     pub max_age: Duration,
@@ -54,8 +58,6 @@ pub struct RedisBusConfig {
     pub node_ttl: Duration,
     /// How long a send's nonce is remembered.
     pub dedupe_window: Duration,
-    /// (1.1) The event feed, when on: the entries each feed stream keeps.
-    pub feed: Option<usize>,
 }
 
 pub struct RedisBus {
@@ -102,6 +104,7 @@ impl RedisBus {
             .map_err(|e| redis_error("PING", e))?;
         let lease = NodeLease::acquire(&mut conn, &cfg.streams, cfg.node_id.as_deref(), cfg.node_ttl).await?;
         let key = load_hash_key(&mut conn, &cfg.streams).await?;
+        agree_stream_keys(&mut conn, &cfg.streams).await?;
         drop(conn);
         let name = cfg.streams.hash_key_name();
         let mut cfg = cfg;
@@ -111,13 +114,8 @@ impl RedisBus {
             .ok_or_else(|| BusError::Unavailable(format!("redis: {name} is not 32 hex digits")))?;
         // With a store, the trimmer cuts streams only below what the
         // persister has stored; without one, appends trim by count.
-        let publisher = Publisher::connect(
-            cfg.target.clone(),
-            store.is_none().then_some(cfg.maxlen),
-            cfg.dedupe_window,
-            cfg.feed,
-        )
-        .await?;
+        let append_maxlen = store.is_none().then_some(cfg.maxlen);
+        let publisher = Publisher::connect(cfg.target.clone(), append_maxlen, cfg.dedupe_window).await?;
         let closed = CancellationToken::new();
         let tasks = TaskTracker::new();
         let node_id = lease.node_id.clone();
@@ -160,12 +158,12 @@ impl RedisBus {
             sink.clone(),
             closed.clone(),
         ));
-        let feed = cfg.feed.map(|maxlen| {
+        let feed = cfg.streams.feed().then(|| {
             FeedWriter::start(
                 cfg.target.clone(),
                 cfg.streams.clone(),
                 shared.lease.incarnation(),
-                maxlen,
+                append_maxlen,
                 closed.clone(),
                 &tasks,
             )
@@ -193,8 +191,7 @@ impl RedisBus {
                 pool: pool.clone(),
                 layout: cfg.streams.clone(),
                 store: store.clone(),
-                maxlen: store.is_none().then_some(cfg.maxlen),
-                feed: cfg.feed,
+                maxlen: append_maxlen,
             },
             window: Window {
                 pool: pool.clone(),
@@ -316,19 +313,12 @@ impl Bus for RedisBus {
                     .zip(&replies)
                     .map(|(&i, r)| message_fields(&msgs[i], r.as_deref()))
                     .collect();
-                // (1.1) Stored messages go to the feed too, when it is on.
-                let feed_key = self.shared.publisher.feed.map(|_| {
-                    let stream = self.shared.layout.stream_of(&msgs[idx[0]].room);
-                    self.shared.layout.feed_key(stream)
-                });
                 let entries: Vec<Append<'_>> = fields
                     .iter()
                     .zip(nonce_keys)
-                    .zip(idx.iter())
-                    .map(|((f, nonce_key), &i)| Append {
+                    .map(|(f, nonce_key)| Append {
                         fields: &f[..],
                         nonce_key,
-                        feed: feed_key.as_deref().filter(|_| !msgs[i].ephemeral),
                     })
                     .collect();
                 self.shared.publisher.add_all(key, &entries).await

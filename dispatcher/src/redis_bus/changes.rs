@@ -45,9 +45,8 @@ pub const STATE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// 4 reaction key, 5 ttl ms, 6 maxlen (0: none), 7 holder hint (``, 0, 1),
 /// 8 seed (``: none, `w`: from the window, `s`: from the store), 9 seed
 /// author, 10 seed deleted (1/0), 11 an edit's body, 12 most reaction keys,
-/// 13 entry field count F, 14..13+F the entry's fields, 14+F the feed's
-/// maxlen (1.1; with KEYS[4], the feed stream the stored change is copied
-/// to), then the seed's reaction counts as key, count pairs.
+/// 13 entry field count F, 14..13+F the entry's fields, then the seed's
+/// reaction counts as key, count pairs.
 /// A reaction's entry gets one more field, `n`: the key's count after it.
 /// Replies `{0, id}` stored, `{1}` not found, `{2}` not allowed, `{3}`
 /// unchanged, `{4}` too many keys, `{5}` seed me, `{6}` ask the store.
@@ -58,7 +57,7 @@ local nf = tonumber(ARGV[13])
 if redis.call('EXISTS', st) == 0 then
   if ARGV[8] == '' then return {5} end
   local n = 0
-  local i = 15 + nf
+  local i = 14 + nf
   while i < #ARGV do
     redis.call('HSET', st, 'c:' .. ARGV[i], ARGV[i + 1])
     n = n + 1
@@ -97,16 +96,13 @@ if ARGV[6] ~= '0' then
 end
 table.insert(args, '*')
 for i = 14, 13 + nf do table.insert(args, ARGV[i]) end
-local extra = nil
 if op == 'react' or op == 'unreact' then
   local c = tonumber(redis.call('HGET', st, 'c:' .. key) or '0')
   if op == 'react' then c = c + 1 else c = math.max(c - 1, 0) end
   table.insert(args, 'n')
   table.insert(args, tostring(c))
-  extra = {'n', tostring(c)}
 end
 local id = redis.call('XADD', unpack(args))
-if KEYS[4] then feed(KEYS[4], ARGV[14 + nf], op, id, ARGV, 14, 13 + nf, extra) end
 if op == 'edit' then
   redis.call('HSET', st, 'e', string.match(id, '^(%d+)'), 'b', ARGV[11])
 elseif op == 'delete' then
@@ -147,21 +143,13 @@ pub(crate) struct Changes {
     pub(crate) store: Option<Arc<dyn HistoryStore>>,
     /// Trim on append (no store), as the publisher does.
     pub(crate) maxlen: Option<usize>,
-    /// (1.1) The event feed's maxlen, when it is on.
-    pub(crate) feed: Option<usize>,
 }
 
-/// [`JUDGE`] with the feed's functions before it, run by its hash (its
-/// 4 KB of text in every command would fill Redis's reads).
+/// [`JUDGE`], run by its hash (its 3 KB of text in every command would
+/// fill Redis's reads).
 fn judge_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| {
-        redis::Script::new(&format!(
-            "{}{}{JUDGE}",
-            super::feed::MESSAGE_ID_FN,
-            super::feed::FEED_FN
-        ))
-    })
+    SCRIPT.get_or_init(|| redis::Script::new(JUDGE))
 }
 
 impl Changes {
@@ -229,14 +217,11 @@ impl Changes {
     ) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(judge_script().get_hash())
-            .arg(if self.feed.is_some() { 4 } else { 3 })
+            .arg(3)
             .arg(self.layout.room_key(&msg.room))
             .arg(self.layout.state_key(&msg.room, change.target))
-            .arg(self.layout.holders_key(&msg.room, change.target));
-        if self.feed.is_some() {
-            cmd.arg(self.layout.feed_key(self.layout.stream_of(&msg.room)));
-        }
-        cmd.arg(change.kind.op())
+            .arg(self.layout.holders_key(&msg.room, change.target))
+            .arg(change.kind.op())
             .arg(&*msg.from)
             .arg(if msg.moderator { "1" } else { "0" })
             .arg(change.kind.key().unwrap_or(""))
@@ -260,7 +245,6 @@ impl Changes {
         for (k, v) in fields {
             cmd.arg(*k).arg(*v);
         }
-        cmd.arg(self.feed.unwrap_or(0));
         for (k, n) in seed.map(|s| s.counts.as_slice()).unwrap_or_default() {
             cmd.arg(k).arg(*n);
         }

@@ -1,10 +1,9 @@
 //! (1.1) Writing the event feed (see [`crate::feed`]).
 //!
-//! Stored room events are copied to the feed inside the scripts that
-//! append them (`publish`'s append script and `changes`' judge, both with
-//! [`FEED_FN`]). Connection events go through [`FeedWriter`]: a channel
-//! and one task that writes whatever has queued since its last write in
-//! one pipeline per feed stream, so a connection storm costs a few round
+//! With the feed on, the shard streams are the feed streams: stored room
+//! events are in the feed as they are appended, written once. Connection
+//! events go through [`FeedWriter`]: a channel and one task that writes
+//! whatever has queued since its last write in one pipeline per stream, so a connection storm costs a few round
 //! trips, not one per event. If Redis is away the events wait (up to
 //! [`MAX_QUEUED`], the oldest dropped beyond, counted) and are written
 //! when it returns.
@@ -32,47 +31,6 @@ use crate::BusError;
 use crate::backoff::Backoff;
 use crate::feed::FeedEvent;
 
-/// A Lua function: the protocol's message id of a stream entry id
-/// (`ms << 22 | seq`, as a decimal string), and its millisecond. Computed
-/// in two exact halves: Lua's numbers are doubles, which hold 53 bits,
-/// not 63.
-pub(crate) const MESSAGE_ID_FN: &str = r#"
-local function message_id(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  local n, s = tonumber(ms), tonumber(seq)
-  local hi = math.floor(n / 1000000)
-  local a, b = hi * 4194304, (n - hi * 1000000) * 4194304 + s
-  local carry = math.floor(b / 1000000)
-  a, b = a + carry, b - carry * 1000000
-  if a > 0 then return string.format('%.0f%06d', a, b), ms end
-  return string.format('%d', b), ms
-end
-"#;
-
-/// A Lua function the append and change scripts use (after [`MESSAGE_ID_FN`]):
-/// copies a stream entry's fields (from `src[from..=to]`, as name, value
-/// pairs) to the feed stream `key` as an entry of `kind` for stream entry
-/// `id`, renaming `f` to `u` and leaving out the stream's own `k`, `x` and
-/// `o`, plus `extra`.
-pub(crate) const FEED_FN: &str = r#"
-local function feed(key, maxlen, kind, id, src, from, to, extra)
-  local m, ms = message_id(id)
-  local a = {key, 'MAXLEN', '~', maxlen, '*', 'k', kind, 'm', m, 'ts', ms}
-  for i = from, to, 2 do
-    local f = src[i]
-    if f == 'f' then f = 'u' end
-    if f ~= 'k' and f ~= 'x' and f ~= 'o' then
-      a[#a + 1] = f
-      a[#a + 1] = src[i + 1]
-    end
-  end
-  if extra then
-    for i = 1, #extra do a[#a + 1] = extra[i] end
-  end
-  redis.call('XADD', unpack(a))
-end
-"#;
-
 /// Connection events held while Redis is away, at most.
 const MAX_QUEUED: usize = 100_000;
 
@@ -89,7 +47,7 @@ impl FeedWriter {
         target: Target,
         layout: StreamLayout,
         node: String,
-        maxlen: usize,
+        maxlen: Option<usize>,
         closed: CancellationToken,
         tasks: &TaskTracker,
     ) -> FeedWriter {
@@ -117,7 +75,9 @@ struct Writer {
     target: Target,
     layout: StreamLayout,
     node: String,
-    maxlen: usize,
+    /// Trim as it appends, as the publisher does (`None`: with a store,
+    /// only the trimmer trims, never past what is not stored).
+    maxlen: Option<usize>,
 }
 
 /// A connection as the feed knows it: its user and the rooms it is in.
@@ -129,7 +89,8 @@ impl Writer {
             Some(room) => self.layout.stream_of(room),
             None => self.layout.feed_of_user(event.user()),
         };
-        self.layout.feed_key(stream)
+        // With the feed on, the shard stream is the feed stream.
+        self.layout.key(stream)
     }
 
     /// Appends entries (feed key, fields) in one pipeline per feed stream,
@@ -148,13 +109,11 @@ impl Writer {
                     &mut groups.last_mut().expect("just pushed").1
                 }
             };
-            let cmd = pipe
-                .cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.maxlen)
-                .arg("*");
+            let cmd = pipe.cmd("XADD").arg(&key);
+            if let Some(maxlen) = self.maxlen {
+                cmd.arg("MAXLEN").arg("~").arg(maxlen);
+            }
+            cmd.arg("*");
             for (k, v) in fields {
                 cmd.arg(k).arg(v);
             }

@@ -10,6 +10,8 @@
 //! Where each concern lives:
 //! - [`conn`]: connections, the same on one server and on a Redis Cluster.
 //! - [`streams`]: key layout, which stream a room is in, the entry codec.
+//! - [`cluster_keys`]: what a node settles with the cluster at start (the
+//!   hash key, and whether the shard streams are the feed's).
 //! - `publish`: `XADD`s on one shared multiplexed connection.
 //! - `readers`: one reading task per stream this node has members in.
 //! - `window`: history and replay from the stream window, merged with the
@@ -22,8 +24,9 @@
 //! - `reads` (1.1): read markers in Redis, for a cluster without a store.
 //! - `presence`: per room, each `node|user` with its connections there
 //!   (presence and room counts).
-//! - `feed` (1.1): the event feed's connection events (batched per node),
-//!   and the Lua the append scripts share to copy stored events to it.
+//! - `feed` (1.1): the event feed's connection events (batched per node).
+//!   With the feed on the shard streams are the feed streams, so stored
+//!   room events are in the feed as they are appended.
 //! - `control` (1.1): operator actions (kick and ban, disconnect, revoke):
 //!   their state as expiring keys, the control stream every node reads.
 //! - `lease`: the node id lease and heartbeat key.
@@ -33,6 +36,7 @@
 
 mod bus;
 mod changes;
+pub mod cluster_keys;
 pub mod conn;
 mod control;
 mod feed;

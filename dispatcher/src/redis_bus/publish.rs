@@ -17,43 +17,30 @@ pub(crate) struct Publisher {
     maxlen: Option<usize>,
     /// How long a send's nonce is remembered.
     dedupe_window: Duration,
-    /// (1.1) Entries each feed stream keeps, when the feed is on.
-    pub(crate) feed: Option<usize>,
     conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
 /// The append script, run with `EVALSHA` (its text is loaded once per
-/// connection: sent with every append, its 1.5 KB would fill Redis's 16 KB
-/// reads with ten commands each, and with `appendfsync always` every read
+/// connection: sent with every append, it would fill Redis's 16 KB reads
+/// with a few commands each, and with `appendfsync always` every read
 /// costs an fsync). One call appends a sender's whole batch to its shard
-/// stream, in order (the per-call cost of a script is paid once a batch),
-/// and for each entry:
-/// - with a nonce key (the next of KEYS[3..], same hash slot as the
-///   stream), appends it once: if the key names an entry already, that
-///   entry's id; else the new id, remembered under the key for the window.
-///   One script, so two nodes retrying the same send at once cannot both
-///   append it;
-/// - (1.1) when asked, copies it to the feed stream beside it (KEYS[2],
-///   same hash slot), so the feed has a message exactly when its stream
-///   does, in the room's order. The copy (docs/FEED.md) is made here from
-///   the entry's own fields (`r`, `f` as `u`, `b`, `p`) and its id (`m`,
-///   `ts`), as the change script makes its copies: sending the body twice
-///   would double the bytes of a call.
+/// stream, in order (the per-call cost of a script is paid once a batch);
+/// an entry with a nonce key (the next of KEYS[2..], same hash slot as the
+/// stream) is appended once: if the key names an entry already, that
+/// entry's id; else the new id, remembered under the key for the window.
+/// One script, so two nodes retrying the same send at once cannot both
+/// append it.
 ///
-/// KEYS: stream, feed stream, the nonce keys of the entries that have one.
-/// ARGV: window ms, maxlen (0: none), feed maxlen, then per entry: has a
-/// nonce (`0`/`1`), N, its N field names and values, copy to the feed
-/// (`0`/`1`). Replies `repeat, id` per entry (`repeat` 1: a repeated
-/// nonce, nothing appended).
+/// KEYS: stream, the nonce keys of the entries that have one.
+/// ARGV: window ms, maxlen (0: none), then per entry: has a nonce
+/// (`0`/`1`), N, its N field names and values. Replies `repeat, id` per
+/// entry (`repeat` 1: a repeated nonce, nothing appended).
 fn append_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
-        redis::Script::new(&format!(
-            "{}{}{}",
-            super::feed::MESSAGE_ID_FN,
-            super::feed::FEED_FN,
+        redis::Script::new(
             r#"
-local out, i, k = {}, 4, 3
+local out, i, k = {}, 3, 2
 while i <= #ARGV do
   local nonce = nil
   if ARGV[i] == '1' then
@@ -74,27 +61,22 @@ while i <= #ARGV do
       id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, fs, fs + nf - 1))
     end
     if nonce then redis.call('SET', nonce, id, 'PX', ARGV[1]) end
-    if ARGV[fs + nf] == '1' then
-      feed(KEYS[2], ARGV[3], 'message', id, ARGV, fs, fs + nf - 1)
-    end
     out[#out + 1] = 0
     out[#out + 1] = id
   end
-  i = fs + nf + 1
+  i = fs + nf
 end
 return out
-"#
-        ))
+"#,
+        )
     })
 }
 
-/// One entry to append: its fields, for a send with a nonce the key that
-/// remembers it, and for a stored message with the feed on, the feed
-/// stream its copy goes to.
+/// One entry to append: its fields, and for a send with a nonce the key
+/// that remembers it.
 pub(crate) struct Append<'a> {
     pub(crate) fields: &'a [(&'a str, &'a str)],
     pub(crate) nonce_key: Option<String>,
-    pub(crate) feed: Option<&'a str>,
 }
 
 impl Publisher {
@@ -103,14 +85,12 @@ impl Publisher {
         target: Target,
         maxlen: Option<usize>,
         dedupe_window: Duration,
-        feed: Option<usize>,
     ) -> Result<Publisher, BusError> {
         let conn = target.connect(Duration::from_secs(5)).await?;
         Ok(Publisher {
             target,
             maxlen,
             dedupe_window,
-            feed,
             conn: tokio::sync::Mutex::new(Some(conn)),
         })
     }
@@ -167,24 +147,20 @@ impl Publisher {
 
     /// The append script for a batch (see [`append_script`]).
     fn append(&self, key: &str, entries: &[Append<'_>]) -> redis::Cmd {
-        let feed_key = entries.iter().find_map(|e| e.feed);
         let nonces: Vec<&str> = entries.iter().filter_map(|e| e.nonce_key.as_deref()).collect();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(append_script().get_hash())
-            .arg(2 + nonces.len())
+            .arg(1 + nonces.len())
             .arg(key)
-            .arg(feed_key.unwrap_or(key))
             .arg(&nonces)
             .arg(self.dedupe_window.as_millis() as u64)
-            .arg(self.maxlen.unwrap_or(0))
-            .arg(self.feed.unwrap_or(0));
+            .arg(self.maxlen.unwrap_or(0));
         for e in entries {
             cmd.arg(if e.nonce_key.is_some() { "1" } else { "0" })
                 .arg(e.fields.len() * 2);
             for (k, v) in e.fields {
                 cmd.arg(*k).arg(*v);
             }
-            cmd.arg(if e.feed.is_some() { "1" } else { "0" });
         }
         cmd
     }
@@ -196,7 +172,7 @@ impl Publisher {
         // Plain XADDs, or one script for the batch: after a NOSCRIPT (the
         // script cache flushed, a failover) it did not run, and is sent
         // again once the script is loaded.
-        let scripted = entries.iter().any(|e| e.nonce_key.is_some() || e.feed.is_some());
+        let scripted = entries.iter().any(|e| e.nonce_key.is_some());
         let mut pipe = redis::pipe();
         if scripted {
             pipe.add_command(self.append(key, entries));

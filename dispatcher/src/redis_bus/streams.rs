@@ -17,12 +17,10 @@ use std::sync::Arc;
 use std::hash::Hasher;
 
 use redis::Value;
-use redis::aio::ConnectionLike;
 use redis::streams::StreamId;
 use siphasher::sip::SipHasher13;
 
-use super::conn::redis_error;
-use crate::{BusError, Change, ChangeKind, Delivery, EventKind, NewMessage, StoredMessage};
+use crate::{Change, ChangeKind, Delivery, EventKind, NewMessage, StoredMessage};
 
 /// The consumer group every persister joins; trimming asks it how far the
 /// store has got.
@@ -43,6 +41,9 @@ pub struct StreamLayout {
     /// SipHash key of the room-to-stream map: secret, so clients cannot
     /// pick room names that all land on one stream.
     key: (u64, u64),
+    /// (1.1) The event feed is on: the shard streams are the feed streams
+    /// ([`StreamLayout::key`]).
+    feed: bool,
 }
 
 impl std::fmt::Debug for StreamLayout {
@@ -50,6 +51,7 @@ impl std::fmt::Debug for StreamLayout {
         f.debug_struct("StreamLayout")
             .field("prefix", &self.prefix)
             .field("count", &self.count)
+            .field("feed", &self.feed)
             .finish_non_exhaustive()
     }
 }
@@ -62,7 +64,23 @@ impl StreamLayout {
             prefix: prefix.into(),
             count: count.max(1),
             key: (0, 0),
+            feed: false,
         }
+    }
+
+    /// (1.1) The same layout with the event feed on or off: with it on, the
+    /// shard streams are named as the feed's (`<prefix>:feed:{sN}`), and
+    /// carry the feed's connection events beside the room events, so a
+    /// stored event is written once and is in the feed exactly when it is
+    /// in its stream (docs/FEED.md).
+    pub fn with_feed(mut self, feed: bool) -> StreamLayout {
+        self.feed = feed;
+        self
+    }
+
+    /// (1.1) Whether the event feed is on.
+    pub fn feed(&self) -> bool {
+        self.feed
     }
 
     /// The same layout keyed with the cluster's hash key (32 hex digits, as
@@ -94,16 +112,27 @@ impl StreamLayout {
     }
 
     /// The key of stream `index`; its hash tag gives each stream its own
-    /// slot, so one command never spans two Redis Cluster slots.
+    /// slot, so one command never spans two Redis Cluster slots. With the
+    /// feed on, it is feed stream `index`'s key.
     pub fn key(&self, index: u32) -> String {
-        format!("{}:{{s{index}}}", self.prefix)
+        if self.feed {
+            self.feed_key(index)
+        } else {
+            format!("{}:{{s{index}}}", self.prefix)
+        }
     }
 
-    /// (1.1) The key of feed stream `index`: beside shard stream `index`
-    /// (same hash tag), so a room's message and its feed entry are
-    /// appended by one script.
+    /// (1.1) The key of feed stream `index`, what the shard stream is
+    /// named when the feed is on (same hash tag as without).
     pub fn feed_key(&self, index: u32) -> String {
         format!("{}:feed:{{s{index}}}", self.prefix)
+    }
+
+    /// (1.1) Where a cluster records whether its shard streams are the
+    /// feed's (`feed`) or not (`plain`): every node and persister must use
+    /// the same keys.
+    pub fn stream_keys_name(&self) -> String {
+        format!("{}:streamkeys", self.prefix)
     }
 
     /// (1.1) The set of node incarnations writing the feed.
@@ -212,26 +241,6 @@ impl StreamLayout {
     pub fn revoked_key(&self, user: &str) -> String {
         format!("{}:revoked:{:016x}", self.prefix, self.user_hash(user))
     }
-}
-
-/// Reads the cluster's hash key, writing a random one first if there is
-/// none (the first node of a cluster to start).
-pub(crate) async fn load_hash_key(conn: &mut impl ConnectionLike, layout: &StreamLayout) -> Result<String, BusError> {
-    let name = layout.hash_key_name();
-    let fresh = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
-    let _: Option<String> = redis::cmd("SET")
-        .arg(&name)
-        .arg(&fresh)
-        .arg("NX")
-        .query_async(conn)
-        .await
-        .map_err(|e| redis_error("SET NX", e))?;
-    let key: Option<String> = redis::cmd("GET")
-        .arg(&name)
-        .query_async(conn)
-        .await
-        .map_err(|e| redis_error("GET", e))?;
-    key.ok_or_else(|| BusError::Unavailable(format!("redis: {name} vanished after it was set")))
 }
 
 /// A stream entry id (`ms-seq`) as a message id; `None` when the sequence
@@ -493,6 +502,9 @@ mod tests {
         assert_eq!(layout.stream_of("lobby"), (h.finish() % 16) as u32);
         assert_eq!(layout.room_key("lobby"), layout.key(layout.stream_of("lobby")));
         assert_eq!(layout.key(7), "gw:{s7}");
+        let fed = layout.clone().with_feed(true);
+        assert_eq!(fed.key(7), "gw:feed:{s7}");
+        assert_eq!(fed.stream_of("lobby"), layout.stream_of("lobby"));
         assert_eq!(entry_id(parse_entry_id("1700000000000-7").unwrap()), "1700000000000-7");
         assert_eq!(parse_entry_id("12-99999999"), None, "sequence beyond 22 bits");
         assert!(StreamLayout::new("gw", 16).with_hash_key("xyz").is_none());
