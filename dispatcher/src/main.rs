@@ -122,6 +122,23 @@ fn main() -> ExitCode {
             }
             tracing::info!(%addr, "metrics listener");
         }
+        // (1.1) The streams it reads are the ones the nodes write (checked
+        // first: a node that disagrees would write where it never reads).
+        let agreed = match persister.target.connect(std::time::Duration::from_secs(5)).await {
+            Ok(mut conn) => dispatcher::redis_bus::cluster_keys::agree_stream_keys(&mut conn, &cluster.streams).await,
+            Err(e) => Err(e),
+        };
+        match agreed {
+            Ok(()) => {}
+            Err(e @ dispatcher::BusError::Config(_)) => {
+                tracing::error!(error = %e, "cannot persist");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach Redis");
+                return ExitCode::FAILURE;
+            }
+        }
         let store = match CqlStore::connect(&store_config).await {
             Ok(s) => Arc::new(Instrumented::new(s, "cql")),
             Err(e) => {
@@ -138,22 +155,6 @@ fn main() -> ExitCode {
                 on_signal.cancel();
             }
         });
-        // (1.1) The streams it reads are the ones the nodes write.
-        let agreed = match persister.target.connect(std::time::Duration::from_secs(5)).await {
-            Ok(mut conn) => dispatcher::redis_bus::cluster_keys::agree_stream_keys(&mut conn, &cluster.streams).await,
-            Err(e) => Err(e),
-        };
-        match agreed {
-            Ok(()) => {}
-            Err(e @ dispatcher::BusError::Config(_)) => {
-                tracing::error!(error = %e, "cannot persist");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reach Redis");
-                return ExitCode::FAILURE;
-            }
-        }
         tracing::info!(%consumer, streams = cluster.streams.count(), "persister running");
         dispatcher::persister::run(persister, store, stop).await;
         tracing::info!("persister stopped");

@@ -1,6 +1,7 @@
 //! The `dispatcher` binary's command line: it loads and validates the
 //! settings it shares with the gateway the same way, and exits 64 naming
-//! the bad one (before touching Redis or the CQL store).
+//! the bad one (before touching Redis or the CQL store), or the one that
+//! disagrees with the cluster in Redis.
 
 use std::process::Command;
 
@@ -61,4 +62,20 @@ fn reads_the_gateways_config_file() {
     let (code, out, _) = dispatcher(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("GATEWAY_STREAM_SHARDS"), "{out}");
+}
+
+/// (1.1) A persister whose `GATEWAY_FEED` differs from the cluster's would
+/// read streams no node writes: it exits 64 before it reads anything.
+#[test]
+fn a_persister_that_disagrees_on_the_feed_exits_64() {
+    let redis = testkit::RedisServer::start();
+    let url = redis.url();
+    testkit::redis_command(redis.port, &["SET", "gw:streamkeys", "feed"]).unwrap();
+    let (code, out, err) = dispatcher(&["--redis-url", &url, "--scylla-nodes", "127.0.0.1:1"]);
+    assert_eq!(code, 64, "{out}{err}");
+    assert!(out.contains("GATEWAY_FEED"), "{out}");
+    // Agreeing, it goes on to the store (unreachable here: exit 1).
+    let (code, out, err) = dispatcher(&["--redis-url", &url, "--scylla-nodes", "127.0.0.1:1", "--feed"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("CQL store"), "{out}");
 }
