@@ -20,7 +20,13 @@ pub struct Node {
     pub auth: auth::Authenticator,
     pub hub: Arc<hub::Hub>,
     pub bus: Arc<dyn Bus>,
+    /// Cancelled when the node starts to drain: it stops accepting and
+    /// answers `/readyz` 503.
     pub shutdown: CancellationToken,
+    /// Cancelled once the drain has flushed the hub: WebSocket connections
+    /// close with 1001 then (after their queues), so what was delivered to
+    /// the node before the drain reaches them.
+    pub closing: CancellationToken,
     /// Connections and upgrades, awaited when draining.
     pub tracker: TaskTracker,
     pub prometheus: PrometheusHandle,

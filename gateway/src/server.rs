@@ -93,6 +93,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         hub,
         bus: backend.bus,
         shutdown: shutdown.clone(),
+        closing: CancellationToken::new(),
         tracker: TaskTracker::new(),
         prometheus,
         admission,
@@ -233,6 +234,14 @@ async fn serve(node: &Arc<Node>, listener: TcpListener, grace: Duration) {
         _ = node.shutdown.cancelled() => {}
     }
     tracing::info!(grace = ?grace, "draining");
+    // Deliveries the bus handed over before the drain go into the
+    // connections' queues before the connections are told to close.
+    let started = tokio::time::Instant::now();
+    if tokio::time::timeout(grace, node.hub.flush()).await.is_err() {
+        tracing::warn!("the hub did not flush within the grace period");
+    }
+    node.closing.cancel();
+    let grace = grace.saturating_sub(started.elapsed());
     node.tracker.close();
     let drained = tokio::select! {
         _ = &mut accept => false,

@@ -105,6 +105,7 @@ mod tests {
                 hub,
                 bus,
                 shutdown: Default::default(),
+                closing: Default::default(),
                 tracker: Default::default(),
                 prometheus: crate::metrics::install(),
                 admission,

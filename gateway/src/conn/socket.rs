@@ -4,7 +4,7 @@
 //! [`ConnHandle`] is written from here.
 //!
 //! The task waits on readiness only (socket readable or writable, its
-//! queue's signal, one timer, node shutdown), each a single registration
+//! queue's signal, one timer, the node closing), each a single registration
 //! kept for the connection's life. When the socket has data it reads it
 //! with non-blocking reads into a buffer on the stack of a plain function
 //! and feeds it to a [`FrameReader`]; the frames it completes are handled
@@ -162,7 +162,7 @@ impl Inbound {
 /// Serves the socket until the connection ends: waits, reads, handles,
 /// writes.
 pub(super) async fn run(tcp: &mut TcpStream, prefix: &mut Bytes, s: &mut Session) -> End {
-    let shutdown = s.node().shutdown.clone();
+    let shutdown = s.node().closing.clone();
     // The wait below runs once per delivery: its shutdown waiter and timer
     // are registered once for the connection's life (the timer re-armed only
     // when its deadline moves), and socket readiness and the queue's signal
