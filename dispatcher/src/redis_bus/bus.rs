@@ -96,7 +96,8 @@ impl RedisBus {
         sink: Arc<dyn Sink>,
         store: Option<Arc<dyn HistoryStore>>,
     ) -> Result<RedisBus, BusError> {
-        let pool = cfg.target.pool(32)?;
+        // A few shared multiplexed connections: commands pipeline on them.
+        let pool = cfg.target.pool(4)?;
         let mut conn = pool.get().await?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)

@@ -1,11 +1,25 @@
 //! Redis connections for the bus, the same on one server and on a Redis
 //! Cluster: [`Target`] says which, [`Conn`] is one multiplexed connection
-//! (dedicated, for blocking reads and the publish pipeline), [`Pool`] is the
-//! deadpool of connections for ordinary commands.
+//! (dedicated, for blocking reads and the publish pipeline), [`Pool`] the
+//! shared connections for ordinary commands.
+//!
+//! The pool hands out clones of a few multiplexed connections that
+//! reconnect by themselves after a failed command, taken in turn:
+//! concurrent commands pipeline on them, and taking one costs no round
+//! trip, but for a `PING` when that connection was last checked more than
+//! [`CHECK_IDLE`] ago or before any Redis command of the node last failed
+//! (so the first command after Redis restarted does not fail on the old
+//! socket). deadpool-redis, which this replaced, checked every connection
+//! it handed out with `UNWATCH` and `PING`: a round trip per use, 40% of
+//! the commands a churning node sent; without it a node churns 2.4 times
+//! the connections a second and serves 1.5 to 2 times the history pages
+//! (benches/RESULTS.md, "Redis connections without a check per use").
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
@@ -54,22 +68,51 @@ macro_rules! delegate_connection_like {
 
 delegate_connection_like!(Conn, Single, Cluster);
 
+/// A connection of the [`Pool`]: a clone of one of its shared ones.
 pub enum Pooled {
-    Single(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 delegate_connection_like!(Pooled, Single, Cluster);
 
-/// Cheap to clone: clones share the pool.
+/// A shared connection of the pool is checked with `PING` before use when
+/// its last check is older than this.
+const CHECK_IDLE: Duration = Duration::from_secs(1);
+
+/// Redis commands of this process that failed (see [`redis_error`]): a
+/// pooled connection checked before the latest failure is checked again.
+static FAILURES: AtomicUsize = AtomicUsize::new(0);
+
+/// One shared connection to one server, and when it last answered a check
+/// (and [`FAILURES`] then).
+struct Shared {
+    conn: ConnectionManager,
+    checked: parking_lot::Mutex<Option<(std::time::Instant, usize)>>,
+}
+
+/// Cheap to clone: clones share the connections.
 #[derive(Clone)]
-pub enum Pool {
-    Single(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+pub struct Pool(Shards);
+
+#[derive(Clone)]
+enum Shards {
+    /// Connections to one server, each reconnecting after a failure.
+    Single {
+        conns: Arc<[Shared]>,
+        next: Arc<AtomicUsize>,
+    },
+    /// One cluster connection (it keeps one multiplexed connection per
+    /// node, and reconnects by itself), made at first use.
+    Cluster {
+        client: Arc<ClusterClient>,
+        conn: Arc<tokio::sync::OnceCell<ClusterConnection>>,
+    },
 }
 
 /// A failed Redis command or connection, as the bus reports it.
 pub(crate) fn redis_error(what: &str, e: impl std::fmt::Display) -> BusError {
+    FAILURES.fetch_add(1, Ordering::Relaxed);
     BusError::Unavailable(format!("redis {what}: {e}"))
 }
 
@@ -106,20 +149,41 @@ impl Target {
         }
     }
 
+    /// `size` shared connections to one server (one cluster connection on
+    /// a cluster); none is made before it is first used. Commands on them
+    /// time out after redis-rs's default 500 ms: never block on them.
     pub fn pool(&self, size: usize) -> Result<Pool, BusError> {
-        let runtime = Some(deadpool_redis::Runtime::Tokio1);
         match self {
             Target::Single(url) => {
-                let mut cfg = deadpool_redis::Config::from_url(url.clone());
-                cfg.pool = Some(deadpool_redis::PoolConfig::new(size));
-                Ok(Pool::Single(cfg.create_pool(runtime).map_err(|e| redis_error(url, e))?))
+                let client = redis::Client::open(url.as_str()).map_err(|e| redis_error(url, e))?;
+                // One connection attempt per failure: while Redis is away a
+                // command fails at once, and the next one tries again.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(1);
+                let conns = (0..size.max(1))
+                    .map(|_| {
+                        ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map(|conn| Shared {
+                            conn,
+                            checked: parking_lot::Mutex::new(None),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| redis_error(url, e))?;
+                Ok(Pool(Shards::Single {
+                    conns: conns.into(),
+                    next: Arc::default(),
+                }))
             }
             Target::Cluster(urls) => {
-                let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.clone());
-                cfg.pool = Some(deadpool_redis::PoolConfig::new(size));
-                Ok(Pool::Cluster(
-                    cfg.create_pool(runtime).map_err(|e| redis_error("cluster", e))?,
-                ))
+                let client = ClusterClient::builder(urls.clone())
+                    .connection_timeout(Duration::from_secs(2))
+                    .build()
+                    .map_err(|e| redis_error("cluster", e))?;
+                Ok(Pool(Shards::Cluster {
+                    client: Arc::new(client),
+                    conn: Arc::default(),
+                }))
             }
         }
     }
@@ -127,13 +191,32 @@ impl Target {
 
 impl Pool {
     pub async fn get(&self) -> Result<Pooled, BusError> {
-        match self {
-            Pool::Single(p) => p.get().await.map(Pooled::Single).map_err(|e| redis_error("pool", e)),
-            Pool::Cluster(p) => p
-                .get()
+        match &self.0 {
+            Shards::Single { conns, next } => {
+                let shared = &conns[next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+                let mut conn = shared.conn.clone();
+                let failures = FAILURES.load(Ordering::Relaxed);
+                let stale = shared
+                    .checked
+                    .lock()
+                    .is_none_or(|(at, seen)| at.elapsed() > CHECK_IDLE || seen != failures);
+                if stale {
+                    // A failed PING makes the manager reconnect: the second
+                    // one goes over the new connection.
+                    let mut answer = redis::cmd("PING").query_async::<String>(&mut conn).await;
+                    if answer.is_err() {
+                        answer = redis::cmd("PING").query_async::<String>(&mut conn).await;
+                    }
+                    answer.map_err(|e| redis_error("PING", e))?;
+                    *shared.checked.lock() = Some((std::time::Instant::now(), failures));
+                }
+                Ok(Pooled::Single(conn))
+            }
+            Shards::Cluster { client, conn } => conn
+                .get_or_try_init(|| client.get_async_connection())
                 .await
-                .map(Pooled::Cluster)
-                .map_err(|e| redis_error("cluster pool", e)),
+                .map(|c| Pooled::Cluster(c.clone()))
+                .map_err(|e| redis_error("cluster", e)),
         }
     }
 }
