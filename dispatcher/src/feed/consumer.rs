@@ -1,8 +1,9 @@
 //! Reading the event feed with a consumer group, at least once: one task
-//! per feed stream (the shard streams, with the feed on) ([`crate::groups`]), each batch handed to a
-//! [`FeedHandler`] and acknowledged only after it returns `Ok`; entries a
-//! stopped consumer left pending are taken over (`XAUTOCLAIM`) by another
-//! after `claim_idle`. A backend runs as many consumers in one group as it
+//! per feed stream (the shard streams, with the feed on; see
+//! [`crate::groups`]), each batch handed to a [`FeedHandler`] and
+//! acknowledged only after it returns `Ok`; entries a stopped consumer
+//! left pending are taken over (`XAUTOCLAIM`) by another after
+//! `claim_idle`. A backend runs as many consumers in one group as it
 //! likes; each entry reaches one of them, again only if it was not
 //! acknowledged.
 

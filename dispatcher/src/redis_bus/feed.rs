@@ -3,10 +3,10 @@
 //! With the feed on, the shard streams are the feed streams: stored room
 //! events are in the feed as they are appended, written once. Connection
 //! events go through [`FeedWriter`]: a channel and one task that writes
-//! whatever has queued since its last write in one pipeline per stream, so a connection storm costs a few round
-//! trips, not one per event. If Redis is away the events wait (up to
-//! [`MAX_QUEUED`], the oldest dropped beyond, counted) and are written
-//! when it returns.
+//! whatever has queued since its last write in one pipeline per stream,
+//! so a connection storm costs a few round trips, not one per event. If
+//! Redis is away the events wait (up to [`MAX_QUEUED`], the oldest dropped
+//! beyond, counted) and are written when it returns.
 //!
 //! A node killed without draining writes no disconnect for its
 //! connections. So each node keeps, beside the feed, the connections it
