@@ -150,8 +150,10 @@ impl Target {
     }
 
     /// `size` shared connections to one server (one cluster connection on
-    /// a cluster); none is made before it is first used. Commands on them
-    /// time out after redis-rs's default 500 ms: never block on them.
+    /// a cluster); none is made before it is first used. Never block on
+    /// them: on one server commands time out after redis-rs's default
+    /// 500 ms; the cluster connection keeps redis-rs's cluster defaults, as
+    /// deadpool-redis's cluster pool did.
     pub fn pool(&self, size: usize) -> Result<Pool, BusError> {
         match self {
             Target::Single(url) => {
